@@ -1,0 +1,77 @@
+"""Typed configuration: schema (dataclasses) and loading (YAML + dotted overrides)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from s2d_align.config.loader import (
+    apply_overrides,
+    deep_merge,
+    from_dict,
+    read_yaml_with_extends,
+    save_yaml,
+    to_dict,
+)
+from s2d_align.config.schema import Config
+from s2d_align.errors import ConfigError
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "config_hash",
+    "find_ablations_dir",
+    "load_config",
+    "preset_path",
+    "save_yaml",
+    "to_dict",
+]
+
+
+def find_ablations_dir() -> Path:
+    """The ``ablations/`` folder: ``$S2D_ABLATIONS`` or the one beside the package source."""
+    import os
+
+    env = os.environ.get("S2D_ABLATIONS")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "ablations"
+
+
+def preset_path(preset: str | Path) -> Path:
+    """A preset name (``smoke``) or a path to a YAML file."""
+    candidate = Path(preset)
+    if candidate.suffix in (".yaml", ".yml"):
+        if not candidate.is_file():
+            raise ConfigError(f"preset file not found: {candidate}")
+        return candidate
+    path = find_ablations_dir() / "presets" / f"{preset}.yaml"
+    if not path.is_file():
+        available = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise ConfigError(f"unknown preset {preset!r}; available: {', '.join(available) or 'none'}")
+    return path
+
+
+def load_config(
+    preset: str | Path | None = None,
+    overrides: Iterable[str] = (),
+    extra: Iterable[dict[str, Any]] = (),
+) -> Config:
+    """Resolve a config: defaults <- preset YAML <- ``extra`` mappings (variants) <- overrides."""
+    data: dict[str, Any] = {}
+    if preset is not None:
+        data = read_yaml_with_extends(preset_path(preset))
+    for mapping in extra:
+        data = deep_merge(data, mapping)
+    data = apply_overrides(data, overrides)
+    return from_dict(Config, data, "config")
+
+
+def config_hash(cfg: Config) -> str:
+    """Stable short hash of the resolved config (what makes two runs the same run)."""
+    import hashlib
+    import json
+
+    blob = json.dumps(to_dict(cfg), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

