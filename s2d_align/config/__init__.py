@@ -59,9 +59,11 @@ def load_config(
     extra: Iterable[dict[str, Any]] = (),
 ) -> Config:
     """Resolve a config: defaults <- preset YAML <- ``extra`` mappings (variants) <- overrides."""
-    data: dict[str, Any] = {}
+    # Start from the defaults as plain data so that overrides can address list items
+    # (``stages.1.lambda_align=0.5``) even when the preset does not restate them.
+    data: dict[str, Any] = to_dict(Config())
     if preset is not None:
-        data = read_yaml_with_extends(preset_path(preset))
+        data = deep_merge(data, read_yaml_with_extends(preset_path(preset)))
     for mapping in extra:
         data = deep_merge(data, mapping)
     data = apply_overrides(data, overrides)

@@ -31,6 +31,9 @@ def _type_name(tp: Any) -> str:
         return " | ".join(repr(a) for a in get_args(tp))
     if origin in (Union, types.UnionType):
         return " | ".join(_type_name(a) for a in get_args(tp))
+    if origin in (list, tuple):
+        args = [a for a in get_args(tp) if a is not Ellipsis]
+        return f"list[{', '.join(_type_name(a) for a in args)}]"
     if origin is not None:
         args = ", ".join(_type_name(a) for a in get_args(tp))
         return f"{getattr(origin, '__name__', str(origin))}[{args}]"
