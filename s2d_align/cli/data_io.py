@@ -1,0 +1,142 @@
+"""``s2d-align data import-iu | import-mimic | check``: real-data importers and the audit.
+
+``data check`` always prints the manifest and writes it as JSON. It exits 0 unless ``--strict``
+is given, in which case any *problem* that invalidates evaluation (missing or unreadable images,
+bad entries, an empty split, a patient or study in two splits) makes it exit 1. Warnings
+(repeated report texts) never change the exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from s2d_align.data.r2gen import DATASETS, SPLITS
+
+
+def register(group: argparse._SubParsersAction) -> None:
+    p = group.add_parser("import-iu", help="Open-i IU X-Ray reports (XML) -> annotation.json")
+    p.add_argument(
+        "--reports", required=True, type=Path, help="NLMCXR_reports.tgz or its extracted folder"
+    )
+    p.add_argument("--out", required=True, type=Path, help="output folder for annotation.json")
+    p.add_argument("--images", type=Path, help="folder of NLMCXR PNGs; checks every image exists")
+    p.add_argument("--seed", type=int, default=0, help="seed of the 7:1:2 split (default 0)")
+    p.add_argument(
+        "--skip-bad", action="store_true", help="skip and list bad XML files instead of failing"
+    )
+    p.set_defaults(handler=_import_iu)
+
+    p = group.add_parser(
+        "import-mimic", help="MIMIC-CXR-JPG (split CSV, reports, JPEGs) -> annotation.json"
+    )
+    p.add_argument(
+        "--root", required=True, type=Path, help="MIMIC-CXR-JPG folder (split CSV, files/)"
+    )
+    p.add_argument("--out", required=True, type=Path, help="output folder for annotation.json")
+    p.add_argument("--reports", type=Path, help="MIMIC-CXR reports folder if not under --root")
+    p.add_argument(
+        "--skip-bad", action="store_true", help="skip and list bad rows instead of failing"
+    )
+    p.add_argument(
+        "--no-image-check", action="store_true", help="do not check that each JPEG exists"
+    )
+    p.set_defaults(handler=_import_mimic)
+
+    p = group.add_parser("check", help="test-set manifest and audit of an annotation.json")
+    p.add_argument("annotation", type=Path, metavar="ANN", help="R2Gen annotation.json")
+    p.add_argument("--images", type=Path, help="image root (default: the annotation's folder)")
+    p.add_argument(
+        "--out", type=Path, help="manifest JSON (default: manifest[.SPLIT].json beside ANN)"
+    )
+    p.add_argument("--split", choices=SPLITS, help="audit one split (counts and hashes cover all)")
+    p.add_argument("--dataset", choices=DATASETS, help="dataset-specific checks (mimic_cxr: ids)")
+    p.add_argument("--group-by-study", action="store_true", help="fold per-image rows into studies")
+    p.add_argument("--no-image-check", action="store_true", help="skip opening the images")
+    p.add_argument(
+        "--strict", action="store_true", help="exit 1 when a problem invalidates evaluation"
+    )
+    p.set_defaults(handler=_check)
+
+
+def _progress() -> bool:
+    return sys.stderr.isatty()
+
+
+def _print_import(summary: dict[str, Any], out: Path) -> None:
+    counts = summary["counts"]
+    print(f"wrote {out / 'annotation.json'}: " + ", ".join(f"{s} {n}" for s, n in counts.items()))
+    dropped = summary["dropped_no_findings"]
+    n_dropped = dropped.get("count", dropped.get("studies"))
+    print(
+        f"dropped {n_dropped} studies without a FINDINGS section; "
+        f"skipped {summary['skipped_bad']['count']} bad inputs (listed in import_summary.json)"
+    )
+    root = summary.get("image_root")
+    print(
+        f"image root for loading: {root or '<folder of the PNGs> (pass it as --images / data.image_root)'}"
+    )
+
+
+def _import_iu(args: argparse.Namespace) -> int:
+    from s2d_align.data.importers.iu import import_iu
+
+    summary = import_iu(
+        args.reports,
+        args.out,
+        images=args.images,
+        seed=args.seed,
+        skip_bad=args.skip_bad,
+        progress=_progress(),
+    )
+    _print_import(summary, args.out)
+    few = len(summary["fewer_than_2_images"])
+    print(
+        f"{few} studies have fewer than 2 images (kept); views per study: {summary['views_per_study']}"
+    )
+    return 0
+
+
+def _import_mimic(args: argparse.Namespace) -> int:
+    from s2d_align.data.importers.mimic import import_mimic
+
+    summary = import_mimic(
+        args.root,
+        args.out,
+        reports=args.reports,
+        skip_bad=args.skip_bad,
+        check_images=not args.no_image_check,
+        progress=_progress(),
+    )
+    _print_import(summary, args.out)
+    print("studies per split: " + ", ".join(f"{s} {n}" for s, n in summary["studies"].items()))
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from s2d_align.data.audit import audit_annotation, print_manifest, write_manifest
+    from s2d_align.data.r2gen import load_annotation
+
+    # skip_bad: the audit lists every bad entry instead of stopping at the first one.
+    annotation = load_annotation(
+        args.annotation,
+        args.images,
+        dataset=args.dataset,
+        group_by_study=args.group_by_study,
+        skip_bad=True,
+    )
+    manifest = audit_annotation(
+        annotation,
+        splits=[args.split] if args.split else None,
+        check_images=not args.no_image_check,
+        progress=_progress(),
+    )
+    out = args.out or args.annotation.parent / (
+        f"manifest.{args.split}.json" if args.split else "manifest.json"
+    )
+    print_manifest(manifest)
+    write_manifest(manifest, out)
+    print(f"manifest written to {out}")
+    return 1 if args.strict and not manifest["ok"] else 0

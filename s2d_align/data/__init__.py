@@ -1,0 +1,1 @@
+"""Data layer: R2Gen annotations, importers, the test-set audit, tokenizers and SynthCXR."""

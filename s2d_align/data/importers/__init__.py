@@ -1,0 +1,1 @@
+"""Importers that turn the original IU X-Ray and MIMIC-CXR distributions into R2Gen annotations."""
