@@ -1,0 +1,69 @@
+"""The ``rules`` labeler against SynthCXR ground truth (labels written with the reports).
+
+SynthCXR's grammar and this analyser were written independently; the floors below catch a
+regression in either (a phrasing the analyser stops reading, or labels that stop matching text).
+Known convention difference: "normal cardiomediastinal silhouette" gives Cardiomegaly 0 here
+(CheXbert-style) but blank in SynthCXR, so only the recall of negatives is checked.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from s2d_align.chexpert import OBSERVATIONS
+from s2d_align.config.schema import EvalConfig
+from s2d_align.data.synth import generate as synth
+from s2d_align.evaluation.labelers import get_labeler
+from s2d_align.utils.io import read_json
+
+MIN_SUPPORT = 5
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp("synthcxr")
+    synth.generate_synthcxr(
+        out, n_train=240, n_val=0, n_test=120, size=32, views=1, seed=3, progress=False
+    )
+    truth = read_json(out / "ground_truth.json")
+    ann = read_json(out / "annotation.json")
+    reports = {e["id"]: e["report"] for split in ann.values() for e in split}
+    ids = sorted(reports)
+    assert set(ids) == set(truth)
+    predicted = get_labeler(EvalConfig()).label([reports[i] for i in ids])
+    return [truth[i]["labels"] for i in ids], predicted
+
+
+def _f1(gold: list, pred: list, value: int) -> tuple[float, int]:
+    tp = sum(g == value and p == value for g, p in zip(gold, pred, strict=True))
+    fp = sum(g != value and p == value for g, p in zip(gold, pred, strict=True))
+    fn = sum(g == value and p != value for g, p in zip(gold, pred, strict=True))
+    support = tp + fn
+    return (2 * tp / (2 * tp + fp + fn) if support else float("nan")), support
+
+
+def test_positive_f1_per_observation(labelled) -> None:
+    truth, predicted = labelled
+    checked = 0
+    for obs in OBSERVATIONS:
+        gold = [t[obs] for t in truth]
+        pred = [p[obs] for p in predicted]
+        f1, support = _f1(gold, pred, 1)
+        if support >= MIN_SUPPORT:
+            checked += 1
+            assert f1 >= 0.9, f"{obs}: positive F1 {f1:.3f} on {support} positives"
+    assert checked >= 10  # the benchmark has enough positives for most observations
+
+
+def test_uncertain_and_negative_labels(labelled) -> None:
+    truth, predicted = labelled
+    for obs in OBSERVATIONS:
+        gold = [t[obs] for t in truth]
+        pred = [p[obs] for p in predicted]
+        f1, support = _f1(gold, pred, -1)
+        if support >= MIN_SUPPORT:
+            assert f1 >= 0.8, f"{obs}: uncertain F1 {f1:.3f} on {support}"
+        negatives = [p for g, p in zip(gold, pred, strict=True) if g == 0]
+        if len(negatives) >= MIN_SUPPORT:
+            recall = sum(p == 0 for p in negatives) / len(negatives)
+            assert recall >= 0.9, f"{obs}: only {recall:.2f} of negated mentions read as negative"
