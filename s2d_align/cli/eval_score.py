@@ -1,0 +1,237 @@
+"""``s2d-align score`` and ``s2d-align compare``: the evaluation protocol on prediction files.
+
+``score`` prints NLG metrics, the CE headline, the CE matrix and per-observation F1 with 95%
+bootstrap intervals, then the protocol signature; ``--out`` writes the same as JSON (with
+per-sample scores). ``compare`` scores two prediction files on the same split and runs a paired
+approximate-randomisation test per metric.
+
+Predictions are JSONL lines ``{"id", "prediction"}``; they must cover the split exactly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from s2d_align.chexpert import OBSERVATIONS
+from s2d_align.config.schema import EvalConfig
+from s2d_align.data.audit import manifest_hash
+from s2d_align.data.r2gen import DATASETS, SPLITS, load_annotation
+from s2d_align.errors import ConfigError, DataError
+from s2d_align.evaluation.ce import AVERAGES, LABEL_SETS, MAPPINGS, parse_headline
+from s2d_align.evaluation.nlg import NLG_METRICS
+from s2d_align.evaluation.profiles import PROFILES
+from s2d_align.evaluation.records import Comparison, ScoreReport
+from s2d_align.evaluation.score import check_ids, compare_corpora, score_corpus
+from s2d_align.utils.io import iter_jsonl, write_json
+
+
+def _add_eval_options(p: argparse.ArgumentParser) -> None:
+    defaults = EvalConfig()
+    p.add_argument("--ann", required=True, type=Path, help="R2Gen annotation.json (references)")
+    p.add_argument("--split", default="test", choices=SPLITS, help="split to score (default test)")
+    p.add_argument("--images", type=Path, help="image root (default: the annotation's folder)")
+    p.add_argument("--dataset", choices=DATASETS, help="dataset rules (needed by r2gen-legacy)")
+    p.add_argument("--group-by-study", action="store_true", help="fold MIMIC per-image rows")
+    p.add_argument(
+        "--profile", default=defaults.profile, choices=PROFILES, help="evaluation profile"
+    )
+    p.add_argument("--labeler", default=defaults.labeler, choices=("rules", "chexbert"))
+    p.add_argument("--chexbert-ckpt", type=Path, help="chexbert.pth (labeler chexbert)")
+    p.add_argument("--chexbert-sha256", help="expected SHA-256 of the checkpoint (checked)")
+    p.add_argument("--vocab", type=Path, help="bert-base-uncased vocab.txt (labeler chexbert)")
+    p.add_argument(
+        "--headline", default=defaults.headline, help="CE headline cell (u0/14/micro/f1)"
+    )
+    p.add_argument("--bootstrap", type=int, default=defaults.bootstrap, help="bootstrap resamples")
+    p.add_argument("--ci-seed", type=int, default=defaults.ci_seed, help="bootstrap seed")
+    p.add_argument("--cache-dir", type=Path, help="reference-label cache (default: user cache)")
+    p.add_argument("--no-cache", action="store_true", help="do not cache reference labels")
+    p.add_argument("--out", type=Path, help="write the scores as JSON")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("score", help="score predictions: NLG + CE with CIs and a signature")
+    p.add_argument("--pred", required=True, type=Path, help='JSONL lines {"id", "prediction"}')
+    _add_eval_options(p)
+    p.set_defaults(handler=_score)
+
+    p = sub.add_parser("compare", help="paired test of two prediction files on one split")
+    p.add_argument("pred_a", type=Path, metavar="A.jsonl")
+    p.add_argument("pred_b", type=Path, metavar="B.jsonl")
+    p.add_argument("--trials", type=int, default=10_000, help="randomisation trials")
+    p.add_argument("--seed", type=int, default=0, help="randomisation seed")
+    _add_eval_options(p)
+    p.set_defaults(handler=_compare)
+
+
+def read_predictions(path: Path) -> dict[str, str]:
+    """``{id: prediction}`` from a predictions JSONL; bad or duplicate entries name file and entry."""
+    out: dict[str, str] = {}
+    for index, row in enumerate(iter_jsonl(path), 1):
+        key, text = row.get("id"), row.get("prediction")
+        if key is None or text is None:
+            raise DataError(
+                f"{path}: entry {index}: needs 'id' and 'prediction' keys, got {sorted(row)}"
+            )
+        if not isinstance(text, str):
+            raise DataError(f"{path}: entry {index} (id {key!r}): prediction is not a string")
+        key = str(key)
+        if key in out:
+            raise DataError(f"{path}: entry {index}: duplicate id {key!r}")
+        out[key] = text
+    return out
+
+
+def _config(args: argparse.Namespace) -> EvalConfig:
+    parse_headline(args.headline)  # a ConfigError names the valid cells
+    if args.bootstrap < 0:
+        raise ConfigError("--bootstrap must be >= 0")
+    if args.profile == "r2gen-legacy" and args.dataset is None:
+        raise ConfigError("--profile r2gen-legacy needs --dataset (iu_xray, mimic_cxr or synthcxr)")
+    return EvalConfig(
+        profile=args.profile,
+        labeler=args.labeler,
+        chexbert_checkpoint=str(args.chexbert_ckpt) if args.chexbert_ckpt else None,
+        chexbert_sha256=args.chexbert_sha256,
+        vocab=str(args.vocab) if args.vocab else None,
+        headline=args.headline,
+        bootstrap=args.bootstrap,
+        ci_seed=args.ci_seed,
+    )
+
+
+def _cache_dir(args: argparse.Namespace) -> Path | None:
+    if args.no_cache:
+        return None
+    if args.cache_dir is not None:
+        return args.cache_dir
+    if os.environ.get("S2D_CACHE_DIR"):
+        return Path(os.environ["S2D_CACHE_DIR"]) / "ref-labels"
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "s2d-align" / "ref-labels"
+
+
+def _references(args: argparse.Namespace) -> tuple[dict[str, str], dict[str, Any]]:
+    ann = load_annotation(
+        args.ann, args.images, dataset=args.dataset, group_by_study=args.group_by_study
+    )
+    references = ann.reports(args.split)
+    train = [s.report for s in ann.splits.get("train", [])]
+    common = {
+        "manifest_hash": manifest_hash(ann, args.split),
+        "cache_dir": _cache_dir(args),
+        "progress": sys.stderr.isatty(),
+        "dataset": args.dataset or "synthcxr",
+        "train_reports": train if (args.profile == "r2gen-legacy" and train) else None,
+    }
+    return references, common
+
+
+def _score(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    predictions = read_predictions(args.pred)
+    references, common = _references(args)
+    check_ids(predictions, references, what=f"predictions in {args.pred} (split {args.split!r})")
+    report = score_corpus(predictions, references, cfg, **common)
+    console = Console(soft_wrap=True)
+    print_report(report, console)
+    if args.out:
+        data = {"predictions": str(args.pred), "annotation": str(args.ann), "split": args.split}
+        write_json(args.out, {**data, **report.to_dict()})
+        console.print(f"wrote {args.out}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    pred_a, pred_b = read_predictions(args.pred_a), read_predictions(args.pred_b)
+    references, common = _references(args)
+    for path, preds in ((args.pred_a, pred_a), (args.pred_b, pred_b)):
+        check_ids(preds, references, what=f"predictions in {path} (split {args.split!r})")
+    comparison = compare_corpora(
+        pred_a, pred_b, references, cfg, trials=args.trials, seed=args.seed, **common
+    )
+    console = Console(soft_wrap=True)
+    print_comparison(comparison, str(args.pred_a), str(args.pred_b), console)
+    if args.out:
+        data = {"a": str(args.pred_a), "b": str(args.pred_b), "split": args.split}
+        write_json(args.out, {"files": data, **comparison.to_dict()})
+        console.print(f"wrote {args.out}")
+    return 0
+
+
+def _ci(report: ScoreReport, name: str) -> str:
+    m = report.metrics[name]
+    return "" if m.ci_low is None else f"[{m.ci_low:.4f}, {m.ci_high:.4f}]"
+
+
+def print_report(report: ScoreReport, console: Console) -> None:
+    """NLG + headline table, CE matrix (F1 with P/R), per-observation F1, then the signature."""
+    table = Table(title=f"scores (n={report.n}, 95% bootstrap CI)")
+    for col in ("metric", "value", "95% CI"):
+        table.add_column(col, justify="left" if col == "metric" else "right")
+    for name in (*NLG_METRICS, report.headline):
+        style = "bold" if name == report.headline else None
+        table.add_row(name, f"{report.metrics[name].value:.4f}", _ci(report, name), style=style)
+    console.print(table)
+
+    matrix = Table(title="CE matrix (u0: uncertain -> 0, u1: uncertain -> 1)")
+    for col in ("mapping", "labels", "average", "P", "R", "F1"):
+        matrix.add_column(col, justify="right" if len(col) <= 2 else "left")
+    for mapping in MAPPINGS:
+        for labels in LABEL_SETS:
+            for average in AVERAGES:
+                name = f"ce/{mapping}/{labels}/{average}"
+                values = [f"{report.metrics[f'{name}/{s}'].value:.4f}" for s in ("p", "r", "f1")]
+                bold = report.headline.startswith(name + "/")
+                matrix.add_row(
+                    mapping,
+                    labels,
+                    average,
+                    *values,
+                    style="bold" if bold else None,
+                )
+    console.print(matrix)
+
+    per_obs = Table(title=f"per-observation F1 ({report.headline.split('/')[1]})")
+    per_obs.add_column("observation")
+    per_obs.add_column("F1", justify="right")
+    per_obs.add_column("95% CI", justify="right")
+    for obs in OBSERVATIONS:
+        name = f"ce_f1/{obs}"
+        per_obs.add_row(obs, f"{report.metrics[name].value:.4f}", _ci(report, name))
+    console.print(per_obs)
+    console.print(f"signature: {report.signature}", markup=False, highlight=False, soft_wrap=True)
+
+
+def print_comparison(comparison: Comparison, name_a: str, name_b: str, console: Console) -> None:
+    """One row per metric: A, B, A - B and the paired test's p-value (* p < 0.05)."""
+    console.print(f"A = {name_a}\nB = {name_b}", markup=False, highlight=False, soft_wrap=True)
+    table = Table(title=f"paired approximate randomisation, {comparison.trials} trials")
+    table.add_column("metric", no_wrap=True)
+    for col in ("A", "B", "A - B", "p", ""):
+        table.add_column(col, justify="right", no_wrap=True)
+    for row in comparison.rows():
+        if row["metric"].startswith("ce_f1/"):
+            continue  # per-observation rows are in --out; the table stays readable
+        mark = "*" if row["p_value"] < 0.05 else ""
+        table.add_row(
+            row["metric"],
+            f"{row['a']:.4f}",
+            f"{row['b']:.4f}",
+            f"{row['delta']:+.4f}",
+            f"{row['p_value']:.4f}",
+            mark,
+        )
+    console.print(table)
+    console.print("* p < 0.05 (two-sided, not corrected for multiple comparisons)")
+    console.print(
+        f"signature: {comparison.a.signature}", markup=False, highlight=False, soft_wrap=True
+    )

@@ -1,0 +1,1 @@
+"""Evaluation protocol: NLG metrics, profiles, clinical efficacy, statistics, signatures."""
