@@ -51,7 +51,11 @@ def _add_eval_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--bootstrap", type=int, default=defaults.bootstrap, help="bootstrap resamples")
     p.add_argument("--ci-seed", type=int, default=defaults.ci_seed, help="bootstrap seed")
-    p.add_argument("--cache-dir", type=Path, help="reference-label cache (default: user cache)")
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="reference-label cache (default: .s2d-cache/ beside --out; none without --out)",
+    )
     p.add_argument("--no-cache", action="store_true", help="do not cache reference labels")
     p.add_argument("--out", type=Path, help="write the scores as JSON")
 
@@ -114,8 +118,9 @@ def _cache_dir(args: argparse.Namespace) -> Path | None:
         return args.cache_dir
     if os.environ.get("S2D_CACHE_DIR"):
         return Path(os.environ["S2D_CACHE_DIR"]) / "ref-labels"
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "s2d-align" / "ref-labels"
+    # Nothing is written outside what the user named: cache beside --out, or not at all.
+    out = getattr(args, "out", None)
+    return Path(out).parent / ".s2d-cache" / "ref-labels" if out else None
 
 
 def _references(args: argparse.Namespace) -> tuple[dict[str, str], dict[str, Any]]:
