@@ -215,7 +215,9 @@ class TrainConfig:
         _check(self.total_steps >= 1, "train.total_steps must be >= 1")
         _check(self.batch_size >= 1 and self.grad_accum >= 1, "train.batch_size/grad_accum >= 1")
         _check(0 <= self.warmup_fraction < 1, "train.warmup_fraction must be in [0, 1)")
-        _check(self.num_threads >= 0 and self.num_workers >= 0, "train.num_threads/num_workers >= 0")
+        _check(
+            self.num_threads >= 0 and self.num_workers >= 0, "train.num_threads/num_workers >= 0"
+        )
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,111 @@
+"""``s2d-align train`` and ``s2d-align generate``: one run, then its reports."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from s2d_align.config import load_config
+from s2d_align.errors import ConfigError
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    return not args.no_progress and sys.stderr.isatty()
+
+
+def _variant_config(args: argparse.Namespace):
+    """preset <- variant overrides <- seed <- key=value overrides."""
+    overrides = list(args.overrides)
+    if args.seed is not None:
+        overrides.append(f"seed={int(args.seed)}")
+    if args.variant is None:
+        return load_config(args.preset, overrides), None
+    from s2d_align.harness.variants import load_variant
+
+    variant = load_variant(args.variant)
+    return load_config(args.preset, overrides, extra=[dict(variant.overrides)]), variant.name
+
+
+def _default_out(preset: str, variant: str | None, seed: int) -> Path:
+    return Path("results") / "runs" / f"{Path(preset).stem}.{variant or 'preset'}.s{seed}"
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from s2d_align.training.pipeline import run_training
+
+    cfg, variant = _variant_config(args)
+    out = Path(args.out) if args.out else _default_out(args.preset, variant, cfg.seed)
+    cache = Path(args.cache) if args.cache else None
+    result = run_training(cfg, out, progress=_progress(args), cache_root=cache)
+    resumed = f" (resumed at step {result.resumed_from_step})" if result.resumed_from_step else ""
+    print(
+        f"trained {out}: {result.total_steps} steps{resumed}, {result.tokens_seen} target tokens, "
+        f"{result.samples_per_s:.1f} samples/s, wall {result.wall_time_s:.1f} s, "
+        f"peak RSS {result.peak_rss_mb:.0f} MB"
+    )
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from s2d_align.inference.generate import generate_for_images, generate_split
+
+    cache = Path(args.cache) if args.cache else None
+    if args.image:
+        if args.split or args.out:
+            raise ConfigError("generate: --image cannot be combined with --split or --out")
+        print(generate_for_images(args.run, args.image, context=args.context, cache_root=cache))
+        return 0
+    if not args.out:
+        raise ConfigError("generate --split needs --out PRED.jsonl (or give --image)")
+    rows = generate_split(
+        args.run,
+        args.split or "test",
+        context=args.context,
+        progress=_progress(args),
+        out=args.out,
+        cache_root=cache,
+    )
+    print(json.dumps({"written": str(args.out), "rows": len(rows), "context": rows[0]["context"]}))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train one run (all stages) into a run folder")
+    p.add_argument("--preset", required=True, help="preset name (ablations/presets) or YAML path")
+    p.add_argument(
+        "--variant",
+        help="variant name (ablations/variants) or YAML path; default: the preset as is",
+    )
+    p.add_argument("--seed", type=int, help="training seed (default: the preset's)")
+    p.add_argument("--out", help="run folder (default: results/runs/PRESET.VARIANT.sSEED)")
+    p.add_argument(
+        "--cache",
+        help="shared cache for data, tokenizers, tiny LMs (default: $S2D_CACHE or ~/.cache/s2d-align)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    p.set_defaults(handler=cmd_train)
+
+    p = sub.add_parser("generate", help="generate reports with a trained run")
+    p.add_argument("--run", required=True, help="run folder written by `train`")
+    p.add_argument("--split", help="split to generate (default: test)")
+    p.add_argument("--out", help="predictions JSONL ({id, prediction, reference_ids, keyphrases})")
+    p.add_argument(
+        "--image", action="append", help="image of a new study (repeat for several views)"
+    )
+    p.add_argument(
+        "--context",
+        choices=[
+            "auto",
+            "image",
+            "image+reference",
+            "image+reference+predicted_keyphrases",
+            "oracle_keyphrases",
+        ],
+        help="what the prompt holds (default: the run's inference.context)",
+    )
+    p.add_argument("--cache", help="shared cache (as for train)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(handler=cmd_generate)

@@ -1,0 +1,295 @@
+"""Report generation from a finished run folder: a whole split, or new images.
+
+Contexts (``inference.context`` or ``context=``): ``image``; ``image+reference`` (the top-k train
+reports retrieved when the run was trained); ``image+reference+predicted_keyphrases`` (the
+key-phrase head's phrases at the threshold tuned on val); ``oracle_keyphrases`` (phrases from the
+study's own reference report: an upper bound for analysis, never a result to report as the
+method's). ``auto`` is the richest context the run trained with, never the oracle.
+
+Rows are ``{"id", "prediction", "reference_ids", "keyphrases", "context"}``; ``s2d-align score``
+reads ``id`` and ``prediction``. With several processes each generates a shard and the rows are
+gathered, in split order, before anything is written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from s2d_align.config import Config
+from s2d_align.data.r2gen import Study, load_image
+from s2d_align.errors import ConfigError, DataError
+from s2d_align.training.collate import (
+    Collator,
+    ContextStore,
+    InferenceContext,
+    StageContext,
+    batch_to,
+    pixel_batch,
+    resolve_inference_context,
+)
+from s2d_align.training.data import Item, StudyDataset, load_run_annotation
+from s2d_align.training.distributed import Dist, torch_threads
+from s2d_align.training.keyphrases import decode_multi_hot, extract_keyphrases, in_vocab, load_vocab
+from s2d_align.training.predict import (
+    generate_rows,
+    load_threshold,
+    predicted_keyphrases,
+    tune_keyphrase_threshold,
+)
+from s2d_align.training.prompts import PromptBuilder
+from s2d_align.training.retrieval import RETRIEVAL_DIR, RetrievalIndex, load_neighbours
+from s2d_align.training.run_dir import (
+    ADAPTER_DIR,
+    ENCODER_FILE,
+    RESULT_FILE,
+    default_cache_root,
+    load_run_config,
+    load_run_tokenizer,
+)
+from s2d_align.utils.io import write_jsonl
+from s2d_align.utils.seed import seed_everything
+
+
+@dataclass
+class LoadedRun:
+    run_dir: Path
+    cfg: Config
+    tokenizer: Any
+    model: Any  # S2DModel, eval mode, on the process's device
+    vocab: list[str]
+    builder: PromptBuilder
+    dist: Dist
+
+    def autocast(self):
+        import contextlib
+
+        if self.cfg.train.precision == "bf16" and self.dist.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    @property
+    def num_beams(self) -> int:
+        return self.cfg.inference.num_beams if self.cfg.inference.decoding == "beam" else 1
+
+
+def _build(cfg: Config, tokenizer, vocab: list[str], device: torch.device, cache_root: Path):
+    from s2d_align.models import build_model
+
+    seed_everything(cfg.seed)  # frozen parts not stored in the adapter come from this seed
+    model = build_model(cfg, tokenizer, None, keyphrase_vocab=vocab, llm_cache_dir=cache_root)
+    return model.to(device)
+
+
+def load_run(
+    run_dir: str | Path, *, dist: Dist | None = None, cache_root: Path | None = None
+) -> LoadedRun:
+    """Rebuild a finished run's model from its folder (config, tokenizer, adapter)."""
+    from s2d_align.models import load_adapter
+
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir)
+    if not (run_dir / RESULT_FILE).is_file():
+        raise DataError(
+            f"{run_dir}: training has not finished (no {RESULT_FILE}); rerun `s2d-align train` "
+            "with the same --out to resume it"
+        )
+    dist = dist or Dist()
+    tokenizer = load_run_tokenizer(run_dir, cfg)
+    vocab = load_vocab(run_dir)
+    model = _build(cfg, tokenizer, vocab, dist.device, cache_root or default_cache_root())
+    load_adapter(model, run_dir / ADAPTER_DIR)
+    model.eval()
+    builder = PromptBuilder(tokenizer, cfg.prompt, cfg.model.llm.max_length)
+    return LoadedRun(run_dir, cfg, tokenizer, model, vocab, builder, dist)
+
+
+def _check_context(run: LoadedRun, ctx: InferenceContext) -> None:
+    if ctx.reference and not (run.run_dir / RETRIEVAL_DIR / "index.json").is_file():
+        raise ConfigError(
+            f"context {ctx.name!r} needs reference reports but {run.run_dir} has no retrieval "
+            "index (the run never used references)"
+        )
+    if ctx.keyphrases != "none" and not run.vocab:
+        raise ConfigError(
+            f"context {ctx.name!r} needs key phrases but the run has no key-phrase vocabulary"
+        )
+    if ctx.keyphrases == "predicted" and not any(s.lambda_kp > 0 for s in run.cfg.stages):
+        raise ConfigError(
+            f"context {ctx.name!r} needs a trained key-phrase head (no stage has lambda_kp > 0)"
+        )
+
+
+def _threshold(run: LoadedRun, cache_root: Path | None, progress: bool) -> float:
+    record = load_threshold(run.run_dir)
+    if record is None:  # tuned on val, never on the split being generated
+        ann = load_run_annotation(run.cfg, cache_root or default_cache_root())
+        val = StudyDataset(
+            ann.split("val"), image_size=run.cfg.data.image_size, max_views=run.cfg.data.max_views
+        )
+        oracle = extract_keyphrases({s.id: s.report for s in val.studies})
+        record = tune_keyphrase_threshold(
+            run.model,
+            val,
+            run.builder,
+            {sid: in_vocab(p, run.vocab) for sid, p in oracle.items()},
+            run.run_dir,
+            dist=run.dist,
+            batch_size=run.cfg.inference.batch_size,
+            autocast=run.autocast,
+            progress=progress,
+        )
+    return float(record["threshold"])
+
+
+def generate_split(
+    run_dir: str | Path,
+    split: str,
+    *,
+    context: str | None = None,
+    progress: bool = True,
+    out: str | Path | None = None,
+    cache_root: Path | None = None,
+    dist: Dist | None = None,
+) -> list[dict[str, Any]]:
+    """Generate a report for every study of ``split``; rows in split order (written to ``out``
+    as JSONL by the main process, when given)."""
+    cfg = load_run_config(Path(run_dir))
+    with torch_threads(cfg.train.num_threads):
+        return _generate_split(run_dir, split, context, progress, out, cache_root, dist)
+
+
+def _generate_split(run_dir, split, context, progress, out, cache_root, dist):
+    run = load_run(run_dir, dist=dist, cache_root=cache_root)
+    ctx = resolve_inference_context(run.cfg, context)
+    _check_context(run, ctx)
+    ann = load_run_annotation(run.cfg, cache_root or default_cache_root())
+    studies = ann.split(split)
+    if not studies:
+        raise DataError(f"{ann.path}: split {split!r} is empty")
+    dataset = StudyDataset(
+        studies,
+        image_size=run.cfg.data.image_size,
+        max_views=run.cfg.data.max_views,
+        progress=progress and run.dist.is_main,
+    )
+    store = ContextStore()
+    if ctx.reference:
+        folder = run.run_dir / RETRIEVAL_DIR
+        neighbours = load_neighbours(folder)
+        if split not in neighbours:
+            raise DataError(f"{folder}: no retrieved references for split {split!r}")
+        index = RetrievalIndex.load(folder)
+        store.reference_reports = dict(zip(index.ids, index.reports, strict=True))
+        store.references = dict(neighbours[split])
+    if ctx.keyphrases == "oracle":
+        oracle = extract_keyphrases({s.id: s.report for s in studies})
+        store.keyphrases = {sid: in_vocab(p, run.vocab) for sid, p in oracle.items()}
+    elif ctx.keyphrases == "predicted":
+        threshold = _threshold(run, cache_root, progress)
+        store.predicted = predicted_keyphrases(
+            run.model,
+            dataset,
+            run.builder,
+            threshold,
+            dist=run.dist,
+            batch_size=run.cfg.inference.batch_size,
+            autocast=run.autocast,
+            progress=progress,
+        )
+    rows = generate_rows(
+        run.model,
+        dataset,
+        run.builder,
+        store,
+        ctx,
+        run.cfg.inference,
+        dist=run.dist,
+        autocast=run.autocast,
+        progress=progress,
+    )
+    if out is not None and run.dist.is_main:
+        write_jsonl(out, rows)
+    run.dist.barrier()
+    return rows
+
+
+def _image_item(paths: Sequence[str | Path], cfg: Config) -> Item:
+    if not paths:
+        raise DataError("give at least one image")
+    size, views = cfg.data.image_size, cfg.data.max_views
+    if len(paths) > views:
+        raise DataError(f"the run takes at most {views} view(s) per study, got {len(paths)} images")
+    pixels = np.zeros((views, size, size), dtype=np.uint8)
+    for v, path in enumerate(paths):
+        pixels[v] = np.round(load_image(path, size) * 255.0).astype(np.uint8)
+    study = Study(
+        id="input",
+        report="",
+        image_paths=tuple(str(Path(p).resolve()) for p in paths),
+        split="input",
+    )
+    return Item(0, study, pixels, len(paths))
+
+
+def generate_for_images(
+    run_dir: str | Path,
+    image_paths: Sequence[str | Path],
+    *,
+    context: str | None = None,
+    cache_root: Path | None = None,
+) -> str:
+    """A report for the views of one new study (e.g. frontal + lateral PNGs)."""
+    cfg = load_run_config(Path(run_dir))
+    with torch_threads(cfg.train.num_threads):
+        return _generate_for_images(run_dir, image_paths, context, cache_root)
+
+
+def _generate_for_images(run_dir, image_paths, context, cache_root) -> str:
+    from safetensors.torch import load_file
+
+    run = load_run(run_dir, cache_root=cache_root)
+    ctx = resolve_inference_context(run.cfg, context)
+    if ctx.keyphrases == "oracle":
+        raise ConfigError("oracle key phrases need a reference report; new images have none")
+    _check_context(run, ctx)
+    item = _image_item(image_paths, run.cfg)
+    batch_items = [item]
+    store = ContextStore()
+    device = run.dist.device
+    if ctx.reference:
+        folder = run.run_dir / RETRIEVAL_DIR
+        index = RetrievalIndex.load(folder)
+        # Embed with the encoder state that built the index (the final one may have moved on).
+        encoder = _build(
+            run.cfg, run.tokenizer, run.vocab, device, cache_root or default_cache_root()
+        )
+        encoder.load_trainable_state_dict(
+            load_file(str(folder / ENCODER_FILE)), source=str(folder / ENCODER_FILE)
+        )
+        encoder.eval()
+        with torch.no_grad():
+            pixels, view_mask = pixel_batch(batch_items)
+            _, pooled = encoder.encode_images(pixels.to(device), view_mask.to(device))
+        del encoder
+        store.reference_reports = dict(zip(index.ids, index.reports, strict=True))
+        store.references = {item.study.id: index.query(pooled.cpu(), run.cfg.retrieval.k)[0]}
+    if ctx.keyphrases == "predicted":
+        threshold = _threshold(run, cache_root, progress=False)
+        probe = Collator(run.builder, ContextStore(), [StageContext()], generate=True)
+        with torch.no_grad(), run.autocast():
+            probs = run.model.predict_keyphrases(batch_to(probe(batch_items), device))[0]
+        chosen = probs.float().cpu().numpy() >= threshold
+        store.predicted = {item.study.id: decode_multi_hot(chosen, run.vocab)}
+    collate = Collator(run.builder, store, [ctx.stage_context], vocab=run.vocab, generate=True)
+    batch = batch_to(collate(batch_items), device)
+    with run.autocast():
+        text = run.model.generate(
+            batch, max_new_tokens=run.cfg.inference.max_new_tokens, num_beams=run.num_beams
+        )
+    return text[0]
