@@ -44,3 +44,54 @@ def lint(session: nox.Session) -> None:
     targets = [t for t in ("s2d_align", "tests", "bench", "noxfile.py") if os.path.exists(t)]
     session.run("ruff", "check", *targets, *session.posargs)
     session.run("ruff", "format", "--check", *targets)
+
+
+@nox.session
+def ablate(session: nox.Session) -> None:
+    """The main job: the default preset's whole variant grid over 3 seeds, then the reports.
+
+    Arguments pass through to ``s2d-align ablate`` and win over the defaults, e.g.
+    ``nox -s ablate -- --preset smoke`` or ``-- --variants sft,s2d --seeds 0``.
+    """
+    _install(session, extras="")
+    session.run("s2d-align", "ablate", "--preset", "default", *session.posargs, env=OFFLINE_ENV)
+
+
+@nox.session
+def sweep(session: nox.Session) -> None:
+    """Optuna sweep (val only) of the ``memory`` space on the default preset, 2 workers.
+
+    Arguments pass through to ``s2d-align sweep``, e.g. ``-- --space optim --trials 40``.
+    """
+    _install(session, extras="")
+    session.run(
+        "s2d-align", "sweep", "--preset", "default", "--space", "memory", "--trials", "12",
+        "--workers", "2", *session.posargs, env=OFFLINE_ENV,
+    )  # fmt: skip
+
+
+@nox.session
+def report(session: nox.Session) -> None:
+    """Rebuild every table and figure under reports/ from the results store (no training)."""
+    _install(session, extras="")
+    session.run("s2d-align", "report", *session.posargs, env=OFFLINE_ENV)
+
+
+@nox.session
+def regress(session: nox.Session) -> None:
+    """Rerun the smoke grid with fixed seeds and compare with results/baselines/smoke.json.
+
+    ``nox -s regress -- --update-baseline`` rewrites the baseline (commit it afterwards).
+    """
+    _install(session, extras="")
+    session.run("s2d-align", "regress", "--preset", "smoke", *session.posargs, env=OFFLINE_ENV)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """pytest-benchmark performance suite over bench/ (not a timed test; arguments pass through)."""
+    _install(session)
+    session.run(
+        "pytest", "bench", "-o", "python_files=bench_*.py", "-p", "no:cacheprovider",
+        *session.posargs, env=OFFLINE_ENV,
+    )  # fmt: skip

@@ -1,0 +1,268 @@
+"""``s2d-align ablate|sweep|report|regress|results``: the ablation harness as commands.
+
+Paths: ``--out`` is the results directory (store ``OUT/s2d.db``, runs ``OUT/runs/``, caches
+``OUT/cache/``) unless ``--storage URL`` names another database; ``--reports`` is where tables
+and figures go. Every handler only parses, calls ``s2d_align.harness`` and prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from s2d_align.cli import harness_results
+from s2d_align.cli.harness_results import console as make_console
+from s2d_align.errors import ConfigError
+
+DEFAULT_RESULTS = "results"
+DEFAULT_REPORTS = "reports"
+DEFAULT_SEEDS = "0,1,2"
+
+
+def _csv(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise ConfigError(f"empty list: {text!r}")
+    return items
+
+
+def _seeds(text: str | None) -> list[int] | None:
+    items = _csv(text)
+    if items is None:
+        return None
+    try:
+        return [int(s) for s in items]
+    except ValueError:
+        raise ConfigError(f"--seeds must be comma-separated integers, got {text!r}") from None
+
+
+def add_store_args(p: argparse.ArgumentParser, out_help: str = "results directory") -> None:
+    p.add_argument("--out", default=DEFAULT_RESULTS, help=f"{out_help} (default: %(default)s)")
+    p.add_argument("--storage", help="database URL (default: sqlite:///OUT/s2d.db)")
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    return not getattr(args, "no_progress", False)
+
+
+def _open_store(args: argparse.Namespace, results_dir: str | None = None):
+    from s2d_align.harness.store import Store
+
+    return Store.open(args.storage, results_dir or args.out)
+
+
+# -- ablate ------------------------------------------------------------------------------------
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from s2d_align.harness.reports import build_reports
+    from s2d_align.harness.runner import Runner, plan_grid
+    from s2d_align.harness.variants import DEFAULT_VARIANTS, load_variants
+
+    console = make_console()
+    variants = load_variants(_csv(args.variants) or DEFAULT_VARIANTS)
+    specs = plan_grid(args.preset, variants, _seeds(args.seeds), overrides=args.overrides)
+    store = _open_store(args)
+    try:
+        runner = Runner(store, args.out, cache_root=args.cache_root, progress=_progress(args))
+        if args.dry_run:
+            print_plan(console, runner, specs)
+            return 0
+        grid = runner.run_grid(specs)
+        console.print(
+            f"grid: {len(grid.executed)} run(s) executed, {len(grid.skipped)} already complete, "
+            f"{len(grid.failed)} failed"
+        )
+        for run_id, err in grid.failed.items():
+            console.print(f"[red]failed[/] {run_id}: {err}")
+        written = build_reports(store, args.reports)
+        table = Path(args.reports) / specs[0].preset / "ablation.md"
+        if table.is_file():
+            print(table.read_text(encoding="utf-8"))  # plain: rich would re-wrap the Markdown
+        console.print(f"reports: {len(written)} file(s) under {args.reports}/")
+        return 0 if grid.ok else 1
+    finally:
+        store.close()
+
+
+def print_plan(console: Console, runner, specs) -> None:
+    rows, source = runner.estimate(specs)
+    table = Table(title=f"plan: {len(rows)} run(s), preset {specs[0].preset}")
+    for col in ("run", "variant", "seed", "stages", "steps", "state", "estimate"):
+        table.add_column(col, justify="right" if col in ("seed", "steps", "estimate") else "left")
+    for r in rows:
+        table.add_row(r["run_id"], r["variant"], str(r["seed"]), r["stages"], str(r["steps"]),
+                      r["state"], _duration(r["est_s"]))  # fmt: skip
+    console.print(table)
+    todo = [r for r in rows if r["state"] != "complete"]
+    total = sum(r["est_s"] for r in rows)
+    console.print(
+        f"{len(todo)} run(s) to do, {sum(r['steps'] for r in todo):,} optimizer steps, "
+        f"estimated {_duration(total)} (from {source}; first runs also pre-train the tiny LM)"
+    )
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, sec = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{sec:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+# -- sweep -------------------------------------------------------------------------------------
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from s2d_align.harness.space import load_space
+    from s2d_align.harness.store import storage_url
+    from s2d_align.harness.sweep import (
+        SweepJob,
+        best_variant,
+        default_study_name,
+        export_variant,
+        run_sweep,
+    )
+
+    space = load_space(args.space)
+    url = storage_url(args.storage, args.out)
+    study_name = args.study or default_study_name(args.preset, space)
+    job = SweepJob(
+        preset=args.preset,
+        space=space,
+        storage_url=url,
+        study_name=study_name,
+        results_dir=str(args.out),
+        overrides=tuple(args.overrides),
+        cache_root=args.cache_root,
+    )
+    study = run_sweep(job, args.trials, args.workers, progress=_progress(args))
+    states: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        states[t.state.name] = states.get(t.state.name, 0) + 1
+    console = make_console()
+    console.print(
+        f"study {study_name} ({url}): " + ", ".join(f"{n} {s}" for s, n in states.items())
+    )
+    variant = best_variant(study, space)
+    path = export_variant(variant, args.export or Path(args.out) / "sweeps" / study_name)
+    best = study.best_trial
+    console.print(
+        f"best trial #{best.number}: val {space.metric} = {best.value:.4f} "
+        f"params {best.params} run {best.user_attrs.get('run_id')}"
+    )
+    console.print(f"best parameters exported as variant: {path}")
+    return 0
+
+
+# -- report ------------------------------------------------------------------------------------
+def cmd_report(args: argparse.Namespace) -> int:
+    from s2d_align.harness.reports import build_reports
+
+    store = _open_store(args, args.results)
+    try:
+        written = build_reports(store, args.out)
+    finally:
+        store.close()
+    make_console().print(f"reports: {len(written)} file(s) under {args.out}/")
+    return 0
+
+
+# -- regress -----------------------------------------------------------------------------------
+def cmd_regress(args: argparse.Namespace) -> int:
+    from s2d_align.harness.regress import baseline_path, diff_table, failed, run_regression
+
+    console = make_console()
+    baseline = Path(args.baseline) if args.baseline else baseline_path(args.out, args.preset)
+    with tempfile.TemporaryDirectory(prefix="s2d-regress-") as tmp:
+        work = Path(args.work) if args.work else Path(tmp)
+        result = run_regression(
+            args.preset,
+            baseline,
+            work,
+            update=args.update_baseline,
+            variants=_csv(args.variants),
+            seeds=_seeds(args.seeds),
+            cache_root=args.cache_root,
+            progress=_progress(args),
+        )
+    if result.updated:
+        console.print(f"baseline written: {result.baseline_file}")
+        return 0
+    console.print(diff_table(result.diffs))
+    if result.baseline_signature and result.baseline_signature != result.signature:
+        console.print(
+            "[yellow]note:[/] the protocol signature changed since the baseline:\n"
+            f"  baseline: {result.baseline_signature}\n  now:      {result.signature}"
+        )
+    bad = failed(result.diffs)
+    if bad:
+        console.print(f"[bold red]{len(bad)} regression(s)[/] against {result.baseline_file}")
+        return 1
+    console.print(f"no regression against {result.baseline_file}")
+    return 0
+
+
+# -- registration ------------------------------------------------------------------------------
+def _common_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cache-root", help="shared cache (data, tiny LM; default: OUT/cache)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="config overrides for every run"
+    )
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ablate", help="run a variant x seed grid, then write the reports")
+    p.add_argument(
+        "--preset", default="default", help="preset name or YAML path (default: %(default)s)"
+    )
+    p.add_argument("--variants", help="comma-separated variants (default: every shipped variant)")
+    p.add_argument(
+        "--seeds", default=DEFAULT_SEEDS, help="comma-separated seeds (default: %(default)s)"
+    )
+    add_store_args(p)
+    p.add_argument(
+        "--reports", default=DEFAULT_REPORTS, help="reports directory (default: %(default)s)"
+    )
+    p.add_argument("--dry-run", action="store_true", help="print the plan with a time estimate")
+    _common_run_args(p)
+    p.set_defaults(handler=cmd_ablate)
+
+    p = sub.add_parser("sweep", help="Optuna sweep over a space in ablations/sweeps (val only)")
+    p.add_argument("--preset", required=True)
+    p.add_argument("--space", required=True, help="space name or YAML path")
+    p.add_argument("--trials", type=int, required=True, help="new trials to run (over all workers)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes sharing the study")
+    p.add_argument("--study", help="study name (default: PRESET.SPACE.vVERSION)")
+    p.add_argument("--export", help="folder for the best-parameters variant YAML")
+    add_store_args(p)
+    _common_run_args(p)
+    p.set_defaults(handler=cmd_sweep)
+
+    p = sub.add_parser("report", help="rebuild tables and figures from the results store")
+    p.add_argument(
+        "--out", default=DEFAULT_REPORTS, help="reports directory (default: %(default)s)"
+    )
+    p.add_argument("--results", default=DEFAULT_RESULTS, help="results directory holding s2d.db")
+    p.add_argument("--storage", help="database URL (default: sqlite:///RESULTS/s2d.db)")
+    p.set_defaults(handler=cmd_report)
+
+    p = sub.add_parser("regress", help="rerun the smoke grid and compare with the baseline")
+    p.add_argument("--preset", default="smoke")
+    p.add_argument("--update-baseline", action="store_true", help="write the baseline instead")
+    p.add_argument("--baseline", help="baseline JSON (default: OUT/baselines/PRESET.json)")
+    p.add_argument("--variants", help="comma-separated variants (default: the baseline's)")
+    p.add_argument("--seeds", help="comma-separated seeds (default: the baseline's)")
+    p.add_argument("--out", default=DEFAULT_RESULTS, help="results directory holding baselines/")
+    p.add_argument("--work", help="keep the rerun's runs and store here (default: a temp dir)")
+    p.add_argument("--cache-root", help="reuse a cache (default: fresh, so nothing is reused)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(handler=cmd_regress)
+
+    harness_results.register(sub)

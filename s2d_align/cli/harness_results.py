@@ -1,0 +1,162 @@
+"""``s2d-align results list|show RUN|compare RUN_A RUN_B``: read the results store."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from rich.console import Console
+from rich.table import Table
+
+from s2d_align.errors import ConfigError
+
+
+def console() -> Console:
+    """Rich console; when piped (CI logs, tests) wide enough that run ids are not cut."""
+    return Console() if sys.stdout.isatty() else Console(width=200)
+
+
+def _secs(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}s"
+
+
+def _store(args: argparse.Namespace):
+    from s2d_align.harness.store import Store
+
+    return Store.open(args.storage, args.out)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    store = _store(args)
+    try:
+        runs = store.runs(preset=args.preset, status=args.status, purpose=args.purpose)
+    finally:
+        store.close()
+    table = Table(title=f"{len(runs)} run(s) in {store.url}")
+    for col in (
+        "run",
+        "variant",
+        "seed",
+        "purpose",
+        "status",
+        "steps",
+        "tokens",
+        "train s",
+        "finished",
+    ):
+        table.add_column(col)
+    for r in runs:
+        table.add_row(
+            r.id, r.variant, str(r.seed), r.purpose, r.status,
+            str(r.steps or "-"), f"{r.tokens_seen:,}" if r.tokens_seen else "-",
+            f"{r.train_wall_s:.1f}" if r.train_wall_s else "-",
+            r.finished_at.isoformat(timespec="seconds") if r.finished_at else "-",
+        )  # fmt: skip
+    console().print(table)
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    store = _store(args)
+    try:
+        run = store.require_run(args.run)
+        evals = store.evaluations([run.id])
+        metrics = {e.split: store.metrics(run.id, e.split) for e in evals}
+        tests = store.test_evaluations(run.id)
+    finally:
+        store.close()
+    out = console()
+    out.print(
+        f"[bold]{run.id}[/]  variant {run.variant} v{run.variant_version}, preset {run.preset}, "
+        f"seed {run.seed}, purpose {run.purpose}, status {run.status}"
+    )
+    out.print(
+        f"config {run.config_hash}  git {run.git_sha}  steps {run.steps}  tokens {run.tokens_seen}"
+        f"  train {_secs(run.train_wall_s)}  generate {_secs(run.generate_wall_s)}"
+        f"  score {_secs(run.score_wall_s)}"
+    )
+    out.print(f"run dir: {run.run_dir}")
+    if run.error:
+        out.print(f"[red]error:[/] {run.error}")
+    env = run.environment or {}
+    out.print(
+        "environment: "
+        + json.dumps(
+            {k: env.get(k) for k in ("python", "torch", "transformers", "platform", "gpu")}
+        )
+    )
+    for ev in evals:
+        table = Table(title=f"{ev.split} ({ev.n_samples} samples)")
+        for col in ("metric", "value", "95% CI"):
+            table.add_column(col, justify="left" if col == "metric" else "right")
+        for name, m in metrics[ev.split].items():
+            if args.all or not name.startswith("ce_f1/"):
+                ci = "-" if m.ci_low is None else f"[{m.ci_low:.4f}, {m.ci_high:.4f}]"
+                table.add_row(name, f"{m.value:.4f}", ci)
+        out.print(table)
+        out.print(f"signature: {ev.signature}")
+    out.print(f"test evaluations logged: {len(tests)}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from s2d_align.harness.reports.significance import PairedTests, RunPair
+
+    store = _store(args)
+    try:
+        a, b = store.require_run(args.run_a), store.require_run(args.run_b)
+        ma, mb = store.metrics(a.id, args.split), store.metrics(b.id, args.split)
+        if not ma or not mb:
+            raise ConfigError(f"both runs need scores on the {args.split} split")
+        names = [n for n in ma if n in mb and (args.all or not n.startswith("ce_f1/"))]
+        manifests = {
+            e.manifest_hash for e in store.evaluations([a.id, b.id]) if e.split == args.split
+        }
+        if len(manifests) > 1:
+            raise ConfigError(f"{a.id} and {b.id} were scored on different {args.split} sets")
+        tests = PairedTests(store, args.split, sorted(manifests))
+        pvalues = tests.p_values(names, [RunPair(0, b.id, a.id)], trials=args.resamples)
+    finally:
+        store.close()
+    table = Table(title=f"A = {a.id}  vs  B = {b.id}  ({args.split})")
+    for col in ("metric", "A", "B", "B - A", "p (paired AR)"):
+        table.add_column(col, justify="left" if col == "metric" else "right")
+    for name in names:
+        va, vb, p = ma[name].value, mb[name].value, pvalues.get(name)
+        table.add_row(
+            name, f"{va:.4f}", f"{vb:.4f}", f"{vb - va:+.4f}", "-" if p is None else f"{p:.4f}"
+        )
+    console().print(table)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("results", help="list, show and compare runs in the results store")
+    group = parser.add_subparsers(dest="results_command", metavar="RESULTS_COMMAND", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--out", default="results", help="results directory (default: %(default)s)")
+        p.add_argument("--storage", help="database URL (default: sqlite:///OUT/s2d.db)")
+
+    p = group.add_parser("list", help="runs with status, steps, tokens and timings")
+    common(p)
+    p.add_argument("--preset")
+    p.add_argument("--status")
+    p.add_argument("--purpose", choices=["ablate", "sweep", "regress"])
+    p.set_defaults(handler=cmd_list)
+
+    p = group.add_parser("show", help="one run: provenance, metrics with CIs, signatures")
+    common(p)
+    p.add_argument("run")
+    p.add_argument("--all", action="store_true", help="include per-observation CE F1")
+    p.set_defaults(handler=cmd_show)
+
+    p = group.add_parser("compare", help="two runs side by side with paired tests")
+    common(p)
+    p.add_argument("run_a")
+    p.add_argument("run_b")
+    p.add_argument("--split", default="test", choices=["val", "test"])
+    p.add_argument("--resamples", type=int, default=10_000)
+    p.add_argument("--all", action="store_true", help="include per-observation CE F1")
+    p.set_defaults(handler=cmd_compare)

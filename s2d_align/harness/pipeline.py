@@ -1,0 +1,162 @@
+"""The real ``run_fn`` and ``Scorer``: the training pipeline, generation and ``score_corpus``.
+
+Imported only when a runner is built without injected fakes (it pulls in torch).
+
+Pruning during sweeps: ``run_training`` hands its callbacks a ``StepInfo`` (stage, step, training
+loss), not the model, so validation reports cannot be generated mid-run. At the end of each
+stage the hooks get ``train_loss`` (the stage's mean training loss), which ``PruningHooks``
+reports as the trial's intermediate value; the trial's final value is the val metric.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from s2d_align.config import Config
+from s2d_align.harness.spec import RunArtifacts, RunSpec, Scored, SplitReferences, TrainSummary
+from s2d_align.utils.io import read_jsonl
+
+
+class _StageEndReporter:
+    """Training callback: mean loss of each finished stage -> ``hooks.intermediate``."""
+
+    def __init__(self, cfg: Config, hooks: Any):
+        from s2d_align.training.loop import plan_stages
+
+        self.steps = {p.index: p.steps for p in plan_stages(cfg)}
+        self.hooks = hooks
+        self.losses: list[float] = []
+
+    def __call__(self, info: Any) -> None:
+        self.losses.append(float(info.loss))
+        if info.stage_step == self.steps.get(info.stage_index):
+            mean = sum(self.losses) / len(self.losses)
+            self.losses = []
+            self.hooks.intermediate(info.global_step, {"train_loss": mean})
+
+
+def train_and_generate(
+    spec: RunSpec,
+    run_dir: Path,
+    *,
+    splits: Sequence[str],
+    hooks: Any,
+    progress: bool,
+    cache_root: Path | None = None,
+) -> RunArtifacts:
+    """Train (or resume, or reuse a finished) run in ``run_dir``; generate ``splits``."""
+    from s2d_align.inference.generate import generate_split
+    from s2d_align.training.pipeline import run_training
+
+    result = run_training(
+        spec.config,
+        run_dir,
+        progress=progress,
+        cache_root=cache_root,
+        callbacks=[_StageEndReporter(spec.config, hooks)],
+    )
+    log_path = Path(run_dir) / "train_log.jsonl"
+    log_rows = read_jsonl(log_path) if log_path.is_file() else []
+    start = time.perf_counter()
+    predictions = {
+        split: generate_split(run_dir, split, progress=progress, cache_root=cache_root)
+        for split in splits
+    }
+    return RunArtifacts(
+        train=TrainSummary(
+            steps=result.total_steps,
+            tokens_seen=result.tokens_seen,
+            wall_s=result.wall_time_s,
+            log_rows=log_rows,
+        ),
+        predictions=predictions,
+        generate_wall_s=time.perf_counter() - start,
+    )
+
+
+class RecordingLabeler:
+    """Wraps a labeler and remembers the labels of every text it saw (for exact CE tests)."""
+
+    def __init__(self, inner: Any):
+        self.inner = inner
+        self.signature = inner.signature
+        self.checkpoint_sha256 = getattr(inner, "checkpoint_sha256", None)
+        self.seen: dict[str, dict] = {}
+
+    def label(self, reports: Sequence[str]) -> list[dict]:
+        labels = self.inner.label(list(reports))
+        for text, row in zip(reports, labels, strict=True):
+            self.seen[text] = dict(row)
+        return labels
+
+    def labels_for(self, texts: dict[str, str]) -> dict[str, dict]:
+        missing = sorted({t for t in texts.values() if t not in self.seen})
+        if missing:
+            self.label(missing)
+        return {sid: self.seen[text] for sid, text in texts.items()}
+
+
+class CorpusScorer:
+    """References from the run's dataset; scores with ``score_corpus`` (the one protocol)."""
+
+    def __init__(self, cache_root: Path):
+        self.cache_root = Path(cache_root)
+        self._annotations: dict[str, Any] = {}
+        self._labelers: dict[str, RecordingLabeler] = {}
+
+    def _annotation(self, cfg: Config):
+        from s2d_align.training.data import load_run_annotation
+
+        key = repr(cfg.data)
+        if key not in self._annotations:
+            self._annotations[key] = load_run_annotation(cfg, self.cache_root)
+        return self._annotations[key]
+
+    def references(self, cfg: Config, split: str) -> SplitReferences:
+        from s2d_align.data.audit import manifest_hash
+
+        ann = self._annotation(cfg)
+        studies = ann.split(split)
+        return SplitReferences(
+            reports={s.id: s.report for s in studies},
+            images={s.id: [str(p) for p in s.image_paths] for s in studies},
+            manifest_hash=manifest_hash(ann, split),
+        )
+
+    def _labeler(self, cfg: Config) -> RecordingLabeler:
+        from s2d_align.evaluation.labelers import get_labeler
+
+        key = repr(cfg.eval)
+        if key not in self._labelers:  # one labeler (and its label memory) per protocol
+            self._labelers[key] = RecordingLabeler(get_labeler(cfg.eval))
+        return self._labelers[key]
+
+    def score(
+        self, cfg: Config, split: str, predictions: dict[str, str], refs: SplitReferences
+    ) -> Scored:
+        from s2d_align.evaluation.score import score_corpus
+
+        labeler = self._labeler(cfg)
+        train_reports = None
+        if cfg.eval.profile == "r2gen-legacy":
+            from s2d_align.training.pipeline import train_reports as reports_of
+
+            train_reports = reports_of(self._annotation(cfg))
+        report = score_corpus(
+            predictions,
+            refs.reports,
+            cfg.eval,
+            manifest_hash=refs.manifest_hash,
+            cache_dir=self.cache_root / "eval",
+            dataset=cfg.data.dataset,
+            train_reports=train_reports,
+            labeler=labeler,
+        )
+        return Scored(
+            report,
+            prediction_labels=labeler.labels_for(predictions),
+            reference_labels=labeler.labels_for(refs.reports),
+        )

@@ -1,0 +1,104 @@
+"""The harness commands through ``main(argv)``: results, report, dry run, and the real smoke grid."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import harness_fakes as fakes
+import pytest
+
+from s2d_align.cli.main import main
+from s2d_align.harness.runner import Runner, plan_grid
+from s2d_align.harness.store import Store
+from s2d_align.harness.variants import load_variants
+
+
+@pytest.fixture
+def results(tmp_path: Path) -> tuple[Path, list[str]]:
+    preset = tmp_path / "tiny.yaml"
+    preset.write_text("name: tiny\ntrain: {total_steps: 4}\n")
+    out = tmp_path / "results"
+    store = Store.open(None, out)
+    runner = Runner(store, out, run_fn=fakes.fake_run_fn, scorer=fakes.FakeScorer(), progress=False)
+    specs = plan_grid(preset, load_variants(["sft", "s2d"]), [0])
+    assert runner.run_grid(specs).ok
+    store.close()
+    return out, [s.run_id for s in specs]
+
+
+def test_results_list_show_and_compare(results, capsys):
+    out, (sft, s2d) = results
+    assert main(["results", "list", "--out", str(out)]) == 0
+    listed = capsys.readouterr().out
+    assert "2 run(s)" in listed and "complete" in listed
+    assert main(["results", "show", s2d, "--out", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert "ROUGE_L" in shown and "signature: fake-protocol|v1" in shown
+    assert "test evaluations logged: 1" in shown
+    assert main(["results", "compare", sft, s2d, "--out", str(out), "--resamples", "500"]) == 0
+    compared = capsys.readouterr().out
+    assert "ROUGE_L" in compared and "p (paired AR)" in compared
+
+
+def test_results_show_unknown_run_is_a_user_error(results, capsys):
+    out, _ = results
+    assert main(["results", "show", "nope", "--out", str(out)]) == 2
+    assert "no run 'nope'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_report_command_rebuilds_from_the_store(results, tmp_path):
+    out, _ = results
+    shutil.rmtree(out / "runs")
+    assert main(["report", "--results", str(out), "--out", str(tmp_path / "rep")]) == 0
+    assert (tmp_path / "rep" / "tiny" / "ablation.md").is_file()
+    assert (tmp_path / "rep" / "tiny" / "ablation.tex").is_file()
+
+
+def test_ablate_dry_run_prints_the_plan_and_trains_nothing(tmp_path, capsys):
+    code = main(["ablate", "--preset", "smoke", "--variants", "sft,s2d", "--seeds", "0,1",
+                 "--out", str(tmp_path), "--dry-run"])  # fmt: skip
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "4 run(s) to do" in text and "optimizer steps" in text and "estimated" in text
+    assert not (tmp_path / "runs").exists()
+
+
+def test_ablate_rejects_an_unknown_variant(tmp_path, capsys):
+    code = main(["ablate", "--preset", "smoke", "--variants", "sft,nope", "--out", str(tmp_path)])
+    assert code == 2 and "unknown variant 'nope'" in capsys.readouterr().err
+
+
+# Smaller than the smoke preset's own budget so CI stays fast; still the real pipeline end to end.
+FAST = ["train.total_steps=10", "model.llm.pretrain_steps=10", "inference.max_new_tokens=24",
+        "eval.bootstrap=100"]  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.java
+def test_ablate_smoke_end_to_end_then_resume_is_a_no_op(tmp_path, capsys):
+    out, reports = tmp_path / "results", tmp_path / "reports"
+    argv = ["ablate", "--preset", "smoke", "--variants", "sft,s2d", "--seeds", "0",
+            "--out", str(out), "--reports", str(reports), "--no-progress", *FAST]  # fmt: skip
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "2 run(s) executed" in text and "| `s2d` |" in text
+    store = Store.open(None, out)
+    runs = store.runs(preset="smoke")
+    assert {r.variant for r in runs} == {"sft", "s2d"} and all(r.status == "complete" for r in runs)
+    for run in runs:
+        assert run.steps == 10 and run.tokens_seen > 0
+        metrics = store.metrics(run.id, "test")
+        assert {"BLEU_4", "METEOR", "ROUGE_L", "CIDEr", "ce/u0/14/micro/f1"} <= set(metrics)
+        assert len(store.test_evaluations(run.id)) == 1
+        assert store.prediction_labels(run.id, "test")  # CE labels kept for exact tests
+        assert store.train_log(run.id)
+        assert (Path(run.run_dir) / "predictions" / "test.jsonl").is_file()
+    for name in ("ablation.md", "ablation.tex", "ablation.csv", "figures/ablation_bars.png",
+                 "figures/training_curves.png", "figures/qualitative.png"):  # fmt: skip
+        assert (reports / "smoke" / name).is_file(), name
+    # a second invocation finds every run complete: nothing retrains, nothing is rescored
+    assert main(argv) == 0
+    assert "0 run(s) executed, 2 already complete" in capsys.readouterr().out
+    assert len(store.test_evaluations()) == 2

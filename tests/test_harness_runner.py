@@ -1,0 +1,172 @@
+"""Runner and store with a fake model: idempotency, resume, the test-set lock, provenance."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import harness_fakes as fakes
+import pytest
+
+from s2d_align.errors import ConfigError
+from s2d_align.harness.runner import (
+    DEFAULT_SECONDS_PER_STEP,
+    Runner,
+    TestSetLockError,
+    plan_grid,
+)
+from s2d_align.harness.spec import RunSpec
+from s2d_align.harness.store import Store, storage_url
+from s2d_align.harness.variants import load_variant, load_variants
+
+
+@pytest.fixture
+def preset(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text("name: tiny\ntrain: {total_steps: 10}\n")
+    return path
+
+
+def make_runner(tmp_path: Path, scorer=None) -> Runner:
+    store = Store.open(None, tmp_path / "results")
+    return Runner(
+        store,
+        tmp_path / "results",
+        run_fn=fakes.fake_run_fn,
+        scorer=scorer or fakes.FakeScorer(tmp_path / "score_calls.jsonl"),
+        progress=False,
+    )
+
+
+def calls(tmp_path: Path) -> list[dict]:
+    path = tmp_path / "results" / "fake_calls.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def score_calls(tmp_path: Path) -> list[str]:
+    path = tmp_path / "score_calls.jsonl"
+    return [json.loads(x)["split"] for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_grid_records_runs_metrics_predictions_and_provenance(tmp_path, preset):
+    runner = make_runner(tmp_path)
+    specs = plan_grid(preset, load_variants(["sft", "s2d"]), [0, 1])
+    report = runner.run_grid(specs)
+    assert report.ok and len(report.executed) == 4 and not report.skipped
+    store = runner.store
+    for spec in specs:
+        run = store.get_run(spec.run_id)
+        assert run.status == "complete"
+        assert run.preset == "tiny" and run.variant == spec.variant.name and run.seed == spec.seed
+        assert run.config["train"]["total_steps"] == 10 and run.config_hash == spec.config_hash
+        assert run.steps == 10 and run.tokens_seen > 0 and run.finished_at is not None
+        assert run.git_sha and "python" in run.environment and "torch" in run.environment
+        for split in ("val", "test"):
+            assert store.metrics(run.id, split)["ROUGE_L"].ci_low is not None
+            jsonl = Path(run.run_dir) / "predictions" / f"{split}.jsonl"
+            assert (
+                len(jsonl.read_text().splitlines()) == len(store.predictions(run.id, split)) == 24
+            )
+        assert store.train_log(run.id)[-1]["step"] == 10
+    # the test-set lock's log: one test evaluation per run, none for val
+    assert sorted(t.run_id for t in store.test_evaluations()) == sorted(s.run_id for s in specs)
+
+
+def test_finished_grid_is_skipped_entirely(tmp_path, preset):
+    runner = make_runner(tmp_path)
+    specs = plan_grid(preset, load_variants(["sft", "s2d"]), [0])
+    runner.run_grid(specs)
+    before = len(calls(tmp_path))
+    again = runner.run_grid(specs)
+    assert again.executed == [] and sorted(again.skipped) == sorted(s.run_id for s in specs)
+    assert len(calls(tmp_path)) == before == 2
+    assert len(runner.store.test_evaluations()) == 2
+
+
+def test_interrupted_grid_resumes_without_recomputing_finished_runs(tmp_path, preset, monkeypatch):
+    specs = plan_grid(preset, load_variants(["sft", "sft+mem", "s2d"]), [0, 1])
+    victim = specs[3].run_id
+    monkeypatch.setenv(fakes.INTERRUPT_ENV, victim)
+    runner = make_runner(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_grid(specs)
+    states = [runner.state(s) for s in specs]
+    assert states == ["complete"] * 3 + ["partial", "pending", "pending"]
+
+    resumed = make_runner(tmp_path).run_grid(specs)  # a fresh process would do the same
+    assert resumed.skipped == [s.run_id for s in specs[:3]]
+    assert resumed.executed == [s.run_id for s in specs[3:]]
+    per_run = {}
+    for c in calls(tmp_path):
+        per_run[c["run_id"]] = per_run.get(c["run_id"], 0) + 1
+    assert per_run == {s.run_id: (2 if s.run_id == victim else 1) for s in specs}
+
+
+class FailOnceOnTest(fakes.FakeScorer):
+    def __init__(self, log_path, flag: Path):
+        super().__init__(log_path)
+        self.flag = flag
+
+    def score(self, cfg, split, predictions, refs):
+        if split == "test" and not self.flag.exists():
+            self.flag.write_text("x")
+            raise RuntimeError("scorer crashed")
+        return super().score(cfg, split, predictions, refs)
+
+
+def test_a_scored_split_is_never_rescored_and_test_is_scored_once(tmp_path, preset):
+    scorer = FailOnceOnTest(tmp_path / "score_calls.jsonl", tmp_path / "flag")
+    runner = make_runner(tmp_path, scorer)
+    spec = plan_grid(preset, [load_variant("s2d")], [0])[0]
+    report = runner.run_grid([spec])
+    assert spec.run_id in report.failed and "scorer crashed" in report.failed[spec.run_id]
+    assert runner.store.get_run(spec.run_id).status == "failed"
+    assert runner.state(spec) == "partial"
+    runner.run_grid([spec])
+    assert runner.state(spec) == "complete"
+    assert [c["splits"] for c in calls(tmp_path)] == [["val", "test"], ["test"]]
+    assert score_calls(tmp_path) == ["val", "test"]  # val scored once, test once (successfully)
+    assert len(runner.store.test_evaluations(spec.run_id)) == 1
+    with pytest.raises(TestSetLockError, match="already scored once"):
+        runner._score_split(spec, tmp_path, "test", [])
+
+
+def test_sweep_runs_may_not_touch_the_test_split(tmp_path, preset):
+    runner = make_runner(tmp_path)
+    variant = load_variant("s2d")
+    spec = RunSpec(
+        "tiny", variant, 0, variant.config(preset, 0), purpose="sweep", splits=("val", "test")
+    )
+    with pytest.raises(TestSetLockError, match="val only"):
+        runner.run_one(spec)
+    assert calls(tmp_path) == [] and runner.store.test_evaluations() == []
+
+
+def test_a_changed_config_is_a_new_run(tmp_path, preset):
+    runner = make_runner(tmp_path)
+    variant = load_variant("sft")
+    a = plan_grid(preset, [variant], [0])[0]
+    b = plan_grid(preset, [variant], [0], overrides=["train.lr=0.0001"])[0]
+    assert a.run_id != b.run_id and a.run_dir(tmp_path) != b.run_dir(tmp_path)
+    runner.run_grid([a])
+    assert runner.state(a) == "complete" and runner.state(b) == "pending"
+
+
+def test_dry_run_estimate_uses_store_timings_once_there_are_some(tmp_path, preset):
+    runner = make_runner(tmp_path)
+    specs = plan_grid(preset, load_variants(["sft", "s2d"]), [0])
+    rows, source = runner.estimate(specs)
+    assert "constant" in source
+    assert all(r["state"] == "pending" and r["steps"] == 10 for r in rows)
+    assert rows[0]["est_s"] >= 10 * DEFAULT_SECONDS_PER_STEP
+    runner.run_grid(specs[:1])
+    rows, source = runner.estimate(specs)
+    assert "previous tiny runs" in source
+    assert rows[0]["state"] == "complete" and rows[0]["est_s"] == 0
+    assert 0 < rows[1]["est_s"] < 10 * DEFAULT_SECONDS_PER_STEP  # fakes are fast
+
+
+def test_storage_must_be_a_url(tmp_path):
+    assert storage_url(None, tmp_path) == f"sqlite:///{tmp_path / 's2d.db'}"
+    with pytest.raises(ConfigError, match="not a database URL"):
+        storage_url("results/s2d.db", tmp_path)
