@@ -36,9 +36,13 @@ def ablation_bars(metrics: pd.DataFrame, names: Sequence[str], split: str, path:
     frame = metrics[(metrics["split"] == split) & metrics["metric"].isin(names)]
     order = order_variants(frame["variant"].unique())
     sns.set_theme(style="whitegrid", context="paper")
-    fig, axes = plt.subplots(1, len(names), figsize=(2.6 * len(names) + 1, 3.6), squeeze=False)
+    cols = min(4, len(names))
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols + 0.5, 3.3 * rows), squeeze=False)
+    for ax in axes.flat[len(names) :]:
+        ax.set_visible(False)
     palette = dict(zip(order, sns.color_palette("tab10", len(order)), strict=False))
-    for ax, name in zip(axes[0], names, strict=False):
+    for ax, name in zip(axes.flat, names, strict=False):
         sub = frame[frame["metric"] == name]
         agg = (
             sub.groupby("variant")
