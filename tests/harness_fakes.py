@@ -16,6 +16,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from s2d_align.errors import DataError
 from s2d_align.harness.spec import RunArtifacts, Scored, SplitReferences, TrainSummary
 
 SENTENCES = [
@@ -34,6 +35,8 @@ DROP = {"sft": 0.45, "sft+mem": 0.4, "s2d": 0.2, "s2d-no-mem": 0.35}
 INTERRUPT_ENV = "S2D_FAKE_INTERRUPT"
 #: Added to every drop share (to inject a regression).
 WORSEN_ENV = "S2D_FAKE_WORSEN"
+#: Set to a run-id substring to make the fake fail on that run with a DataError (every time).
+FAIL_ENV = "S2D_FAKE_FAIL"
 
 
 def _rand(*parts: object) -> float:
@@ -65,6 +68,9 @@ def fake_run_fn(spec, run_dir: Path, *, splits, hooks, progress, cache_root=None
     if target and target in spec.run_id and not marker.exists():
         marker.write_text("x")
         raise KeyboardInterrupt
+    failing = os.environ.get(FAIL_ENV)
+    if failing and failing in spec.run_id:
+        raise DataError(f"fake training failed on {spec.run_id}")
     drop = DROP.get(spec.variant.name, 0.3) + float(os.environ.get(WORSEN_ENV, "0"))
     steps = spec.config.train.total_steps
     rows = []

@@ -62,7 +62,14 @@ def test_ablate_dry_run_prints_the_plan_and_trains_nothing(tmp_path, capsys):
     assert code == 0
     text = capsys.readouterr().out
     assert "4 run(s) to do" in text and "optimizer steps" in text and "estimated" in text
+    assert "run(s) at a time" in text
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("jobs", ["0", "two"])
+def test_ablate_rejects_a_bad_jobs_value(tmp_path, capsys, jobs):
+    code = main(["ablate", "--preset", "smoke", "--jobs", jobs, "--out", str(tmp_path)])
+    assert code == 2 and "--jobs must be a positive integer or 'auto'" in capsys.readouterr().err
 
 
 def test_ablate_rejects_an_unknown_variant(tmp_path, capsys):
@@ -78,12 +85,17 @@ FAST = ["train.total_steps=10", "model.llm.pretrain_steps=10", "inference.max_ne
 @pytest.mark.slow
 @pytest.mark.java
 def test_ablate_smoke_end_to_end_then_resume_is_a_no_op(tmp_path, capsys):
-    out, reports = tmp_path / "results", tmp_path / "reports"
-    argv = ["ablate", "--preset", "smoke", "--variants", "sft,s2d", "--seeds", "0",
-            "--out", str(out), "--reports", str(reports), "--no-progress", *FAST]  # fmt: skip
-    assert main(argv) == 0
+    out, reports, cache = tmp_path / "results", tmp_path / "reports", tmp_path / "cache"
+
+    def ablate(out: Path, reports: Path) -> list[str]:
+        return ["ablate", "--preset", "smoke", "--variants", "sft,s2d", "--seeds", "0",
+                "--out", str(out), "--reports", str(reports), "--cache-root", str(cache),
+                "--no-progress", *FAST]  # fmt: skip
+
+    argv = ablate(out, reports)
+    assert main([*argv, "--jobs", "2"]) == 0  # two worker processes
     text = capsys.readouterr().out
-    assert "2 run(s) executed" in text and "| `s2d` |" in text
+    assert "2 run(s) executed" in text and "(2 at a time)" in text and "| `s2d` |" in text
     store = Store.open(None, out)
     runs = store.runs(preset="smoke")
     assert {r.variant for r in runs} == {"sft", "s2d"} and all(r.status == "complete" for r in runs)
@@ -99,6 +111,16 @@ def test_ablate_smoke_end_to_end_then_resume_is_a_no_op(tmp_path, capsys):
                  "figures/training_curves.png", "figures/qualitative.png"):  # fmt: skip
         assert (reports / "smoke" / name).is_file(), name
     # a second invocation finds every run complete: nothing retrains, nothing is rescored
-    assert main(argv) == 0
+    assert main([*argv, "--jobs", "2"]) == 0
     assert "0 run(s) executed, 2 already complete" in capsys.readouterr().out
     assert len(store.test_evaluations()) == 2
+    # the same grid run one at a time in this process records the same numbers
+    out1 = tmp_path / "sequential"
+    assert main([*ablate(out1, tmp_path / "reports1"), "--jobs", "1"]) == 0
+    assert "(1 at a time)" in capsys.readouterr().out
+    store1 = Store.open(None, out1)
+    for run in runs:
+        for split in ("val", "test"):
+            parallel = {k: m.value for k, m in store.metrics(run.id, split).items()}
+            assert parallel == {k: m.value for k, m in store1.metrics(run.id, split).items()}
+            assert store.predictions(run.id, split) == store1.predictions(run.id, split)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import harness_fakes as fakes
@@ -13,6 +14,7 @@ from s2d_align.harness.runner import (
     DEFAULT_SECONDS_PER_STEP,
     Runner,
     TestSetLockError,
+    auto_jobs,
     plan_grid,
 )
 from s2d_align.harness.spec import RunSpec
@@ -170,3 +172,68 @@ def test_storage_must_be_a_url(tmp_path):
     assert storage_url(None, tmp_path) == f"sqlite:///{tmp_path / 's2d.db'}"
     with pytest.raises(ConfigError, match="not a database URL"):
         storage_url("results/s2d.db", tmp_path)
+
+
+def _store_contents(runner: Runner, specs) -> dict:
+    out = {}
+    for spec in specs:
+        run = runner.store.get_run(spec.run_id)
+        out[spec.run_id] = {"status": run.status, "steps": run.steps, "tokens": run.tokens_seen}
+        for split in ("val", "test"):
+            metrics = runner.store.metrics(spec.run_id, split)
+            out[spec.run_id][split] = (
+                {k: (m.value, m.ci_low, m.ci_high) for k, m in metrics.items()},
+                runner.store.predictions(spec.run_id, split),
+            )
+    return out
+
+
+def test_parallel_grid_records_what_the_sequential_grid_records(tmp_path, preset):
+    specs = plan_grid(preset, load_variants(["sft", "sft+mem", "s2d"]), [0, 1])
+    seq = make_runner(tmp_path / "seq")
+    assert seq.run_grid(specs).ok
+    par = make_runner(tmp_path / "par")
+    report = par.run_grid(specs, jobs=2)
+    assert report.ok and sorted(report.executed) == sorted(s.run_id for s in specs)
+    pids = {c["pid"] for c in calls(tmp_path / "par")}
+    assert pids and os.getpid() not in pids and len(pids) <= 2  # ran in worker processes only
+    assert _store_contents(par, specs) == _store_contents(seq, specs)
+    assert sorted(t.run_id for t in par.store.test_evaluations()) == sorted(s.run_id for s in specs)
+    again = par.run_grid(specs, jobs=2)  # idempotent in parallel too: nothing is redone
+    assert again.executed == [] and len(again.skipped) == len(specs)
+    assert len(calls(tmp_path / "par")) == len(specs)
+
+
+def test_a_failing_parallel_run_is_recorded_and_the_others_finish(tmp_path, preset, monkeypatch):
+    specs = plan_grid(preset, load_variants(["sft", "s2d"]), [0, 1])
+    victim = specs[1].run_id
+    monkeypatch.setenv(fakes.FAIL_ENV, victim)
+    runner = make_runner(tmp_path)
+    report = runner.run_grid(specs, jobs=2)
+    assert list(report.failed) == [victim] and "fake training failed" in report.failed[victim]
+    assert sorted(report.executed) == sorted(s.run_id for s in specs if s.run_id != victim)
+    assert runner.store.get_run(victim).status == "failed"
+    assert [runner.state(s) for s in specs].count("complete") == 3
+
+
+def test_jobs_must_be_positive(tmp_path, preset):
+    with pytest.raises(ConfigError, match="jobs must be >= 1"):
+        make_runner(tmp_path).run_grid(plan_grid(preset, [load_variant("sft")], [0]), jobs=0)
+
+
+def test_auto_jobs_is_one_with_a_gpu_else_cores_over_threads(preset, monkeypatch):
+    import torch
+
+    specs = plan_grid(preset, load_variants(["sft", "s2d"]), [0, 1, 2])  # 6 runs
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(8)), raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert auto_jobs(specs) == 1
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert auto_jobs(specs) == 4  # 8 cores / 1 thread, capped at 4
+    assert auto_jobs(specs[:3]) == 3  # never more than there are runs
+    assert auto_jobs(specs, limit=16) == 6
+    two_threads = plan_grid(preset, load_variants(["sft"]), [0, 1, 2, 3, 4],
+                            overrides=["train.num_threads=2"])  # fmt: skip
+    assert auto_jobs(two_threads) == 4 and auto_jobs(two_threads, limit=16) == 4
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0}, raising=False)
+    assert auto_jobs(specs) == 1

@@ -214,3 +214,20 @@ def test_signature_round_trip_and_errors():
         format_signature({"tokenizer": "ptb"})
     with pytest.raises(DataError, match="malformed signature"):
         parse_signature("profile:raw-v1|oops")
+
+
+@pytest.mark.java
+def test_a_shared_nlg_scorer_gives_the_numbers_of_a_fresh_one_on_every_call():
+    from s2d_align.evaluation.nlg import NLGScorer
+
+    cfg = EvalConfig(bootstrap=50)
+    fresh = [score_corpus(p, TEST_REPORTS, cfg, manifest_hash="0" * 64) for p in (GOOD, POOR)]
+    with NLGScorer() as shared:  # one METEOR process for both corpora, and once more for GOOD
+        reused = [
+            score_corpus(p, TEST_REPORTS, cfg, manifest_hash="0" * 64, nlg_scorer=shared)
+            for p in (GOOD, POOR, GOOD)
+        ]
+    assert fresh[0].metrics["METEOR"].value != fresh[1].metrics["METEOR"].value
+    for a, b in zip([*fresh, fresh[0]], reused, strict=True):
+        assert a.metrics == b.metrics and a.per_sample == b.per_sample
+        assert a.signature == b.signature

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+import time
 from pathlib import Path
 
 from rich.console import Console
@@ -69,13 +70,16 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     store = _open_store(args)
     try:
         runner = Runner(store, args.out, cache_root=args.cache_root, progress=_progress(args))
+        jobs = parse_jobs(args.jobs, specs)
         if args.dry_run:
-            print_plan(console, runner, specs)
+            print_plan(console, runner, specs, jobs)
             return 0
-        grid = runner.run_grid(specs)
+        started = time.perf_counter()
+        grid = runner.run_grid(specs, jobs=jobs)
         console.print(
             f"grid: {len(grid.executed)} run(s) executed, {len(grid.skipped)} already complete, "
-            f"{len(grid.failed)} failed"
+            f"{len(grid.failed)} failed, in {_duration(time.perf_counter() - started)} "
+            f"({jobs} at a time)"
         )
         for run_id, err in grid.failed.items():
             console.print(f"[red]failed[/] {run_id}: {err}")
@@ -89,7 +93,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
         store.close()
 
 
-def print_plan(console: Console, runner, specs) -> None:
+def print_plan(console: Console, runner, specs, jobs: int = 1) -> None:
     rows, source = runner.estimate(specs)
     table = Table(title=f"plan: {len(rows)} run(s), preset {specs[0].preset}")
     for col in ("run", "variant", "seed", "stages", "steps", "state", "estimate"):
@@ -102,7 +106,8 @@ def print_plan(console: Console, runner, specs) -> None:
     total = sum(r["est_s"] for r in rows)
     console.print(
         f"{len(todo)} run(s) to do, {sum(r['steps'] for r in todo):,} optimizer steps, "
-        f"estimated {_duration(total)} (from {source}; first runs also pre-train the tiny LM)"
+        f"estimated {_duration(total / jobs)} with {jobs} run(s) at a time "
+        f"(from {source}; first runs also pre-train the tiny LM)"
     )
 
 
@@ -190,6 +195,7 @@ def cmd_regress(args: argparse.Namespace) -> int:
             seeds=_seeds(args.seeds),
             cache_root=args.cache_root,
             progress=_progress(args),
+            jobs=args.jobs if args.jobs == "auto" else parse_jobs(args.jobs, []),
         )
     if result.updated:
         console.print(f"baseline written: {result.baseline_file}")
@@ -217,6 +223,29 @@ def _common_run_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _jobs_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--jobs",
+        default="auto",
+        help="runs at a time, each in its own process; 'auto': 1 with a GPU, else CPU cores / "
+        "train.num_threads, at most 4 (default: %(default)s)",
+    )
+
+
+def parse_jobs(text: str, specs) -> int:
+    from s2d_align.harness.runner import auto_jobs
+
+    if text == "auto":
+        return auto_jobs(specs)
+    try:
+        jobs = int(text)
+    except ValueError:
+        raise ConfigError(f"--jobs must be a positive integer or 'auto', got {text!r}") from None
+    if jobs < 1:
+        raise ConfigError(f"--jobs must be a positive integer or 'auto', got {text!r}")
+    return jobs
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("ablate", help="run a variant x seed grid, then write the reports")
     p.add_argument(
@@ -231,6 +260,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--reports", default=DEFAULT_REPORTS, help="reports directory (default: %(default)s)"
     )
     p.add_argument("--dry-run", action="store_true", help="print the plan with a time estimate")
+    _jobs_arg(p)
     _common_run_args(p)
     p.set_defaults(handler=cmd_ablate)
 
@@ -262,6 +292,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=DEFAULT_RESULTS, help="results directory holding baselines/")
     p.add_argument("--work", help="keep the rerun's runs and store here (default: a temp dir)")
     p.add_argument("--cache-root", help="reuse a cache (default: fresh, so nothing is reused)")
+    _jobs_arg(p)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=cmd_regress)
 

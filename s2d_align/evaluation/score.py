@@ -8,6 +8,7 @@ corpus: predictions must cover exactly the ids of the references (:func:`check_i
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -233,6 +234,7 @@ def _evaluate(
     dataset: str,
     train_reports: Iterable[str] | None,
     labeler: Labeler | None,
+    nlg_scorer: NLGScorer | None = None,
 ) -> list[tuple[ScoreReport, list[_Spec]]]:
     for k, preds in enumerate(systems):
         check_ids(
@@ -261,7 +263,13 @@ def _evaluate(
         bar.update()
 
     start = clock
-    with bar, NLGScorer(tokenize=profile.ptb) as scorer:  # METEOR's JVM loads while we label
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(bar)
+        # a caller's scorer keeps its METEOR process across calls; ours starts now and loads
+        # its JVM while we label
+        scorer = nlg_scorer
+        if scorer is None:
+            scorer = stack.enter_context(NLGScorer(tokenize=profile.ptb))
         labeler = labeler or get_labeler(cfg, progress=progress)
         ce_refs = references if profile.ce_on_raw else refs
         ref_labels = reference_labels(
@@ -274,7 +282,7 @@ def _evaluate(
             for raw, prepared in zip(systems, hyps, strict=True)
         ]
         step("labels")
-        nlg_results = scorer.score(refs, hyps, on_step=step)
+        nlg_results = scorer.score(refs, hyps, tokenize=profile.ptb, on_step=step)
     signature = _signature(cfg, profile, labeler, manifest_hash)
     headline = "ce/" + "/".join(ce.parse_headline(cfg.headline))
     scored = []
@@ -300,9 +308,12 @@ def score_corpus(
     dataset: str = "synthcxr",
     train_reports: Iterable[str] | None = None,
     labeler: Labeler | None = None,
+    nlg_scorer: NLGScorer | None = None,
 ) -> ScoreReport:
     """Score one system. ``dataset`` and ``train_reports`` matter only for ``r2gen-legacy``
-    (cleaning rules and ``<unk>`` vocabulary); ``labeler`` overrides ``get_labeler(cfg)``."""
+    (cleaning rules and ``<unk>`` vocabulary); ``labeler`` overrides ``get_labeler(cfg)``;
+    ``nlg_scorer`` is an open :class:`NLGScorer` to reuse (its METEOR process outlives this call, which
+    saves METEOR's start-up when many corpora are scored; the numbers are the same)."""
     return _evaluate(
         [predictions],
         references,
@@ -313,6 +324,7 @@ def score_corpus(
         dataset=dataset,
         train_reports=train_reports,
         labeler=labeler,
+        nlg_scorer=nlg_scorer,
     )[0][0]
 
 
@@ -330,6 +342,7 @@ def compare_corpora(
     dataset: str = "synthcxr",
     train_reports: Iterable[str] | None = None,
     labeler: Labeler | None = None,
+    nlg_scorer: NLGScorer | None = None,
 ) -> Comparison:
     """Score A and B and run paired approximate randomisation on every metric."""
     (a, specs_a), (b, specs_b) = _evaluate(
@@ -342,6 +355,7 @@ def compare_corpora(
         dataset=dataset,
         train_reports=train_reports,
         labeler=labeler,
+        nlg_scorer=nlg_scorer,
     )
     results = paired_randomization(
         {i: (sa.stat, sb.stat) for i, (sa, sb) in enumerate(zip(specs_a, specs_b, strict=True))},

@@ -77,6 +77,19 @@ def train_and_generate(
     )
 
 
+def prepare_shared(spec: RunSpec, cache_root: Path, *, progress: bool = False) -> None:
+    """One-time caches (data, tokenizer, tiny-LM pre-training) before a grid's parallel runs."""
+    from s2d_align.training.pipeline import prepare_shared as prepare
+
+    prepare(spec.config, Path(cache_root), progress=progress)
+
+
+def shared_key(spec: RunSpec) -> str:
+    """Specs with equal keys share every cache :func:`prepare_shared` builds."""
+    cfg = spec.config
+    return repr((cfg.data, cfg.model.llm, cfg.prompt))
+
+
 class RecordingLabeler:
     """Wraps a labeler and remembers the labels of every text it saw (for exact CE tests)."""
 
@@ -100,12 +113,30 @@ class RecordingLabeler:
 
 
 class CorpusScorer:
-    """References from the run's dataset; scores with ``score_corpus`` (the one protocol)."""
+    """References from the run's dataset; scores with ``score_corpus`` (the one protocol).
+
+    One METEOR process serves every corpus this scorer scores (METEOR's start-up, ~7-10 s of
+    CPU, used to dominate a small run's scoring); :meth:`close` stops it. A Java failure closes
+    it too, so the next call starts a fresh one.
+    """
 
     def __init__(self, cache_root: Path):
         self.cache_root = Path(cache_root)
         self._annotations: dict[str, Any] = {}
         self._labelers: dict[str, RecordingLabeler] = {}
+        self._nlg: Any = None
+
+    def _nlg_scorer(self):
+        from s2d_align.evaluation.nlg import NLGScorer
+
+        if self._nlg is None:
+            self._nlg = NLGScorer().__enter__()
+        return self._nlg
+
+    def close(self) -> None:
+        if self._nlg is not None:
+            self._nlg.close()
+            self._nlg = None
 
     def _annotation(self, cfg: Config):
         from s2d_align.training.data import load_run_annotation
@@ -137,6 +168,7 @@ class CorpusScorer:
     def score(
         self, cfg: Config, split: str, predictions: dict[str, str], refs: SplitReferences
     ) -> Scored:
+        from s2d_align.evaluation.nlg import JavaError
         from s2d_align.evaluation.score import score_corpus
 
         labeler = self._labeler(cfg)
@@ -145,16 +177,21 @@ class CorpusScorer:
             from s2d_align.training.pipeline import train_reports as reports_of
 
             train_reports = reports_of(self._annotation(cfg))
-        report = score_corpus(
-            predictions,
-            refs.reports,
-            cfg.eval,
-            manifest_hash=refs.manifest_hash,
-            cache_dir=self.cache_root / "eval",
-            dataset=cfg.data.dataset,
-            train_reports=train_reports,
-            labeler=labeler,
-        )
+        try:
+            report = score_corpus(
+                predictions,
+                refs.reports,
+                cfg.eval,
+                manifest_hash=refs.manifest_hash,
+                cache_dir=self.cache_root / "eval",
+                dataset=cfg.data.dataset,
+                train_reports=train_reports,
+                labeler=labeler,
+                nlg_scorer=self._nlg_scorer(),
+            )
+        except JavaError:
+            self.close()
+            raise
         return Scored(
             report,
             prediction_labels=labeler.labels_for(predictions),

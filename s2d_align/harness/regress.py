@@ -204,9 +204,13 @@ def run_regression(
     run_fn: Any = None,
     scorer: Any = None,
     progress: bool = True,
+    jobs: int | str = 1,
 ) -> RegressionResult:
-    """Rerun the grid from scratch in ``work_dir`` (its own store) and compare or update."""
-    from s2d_align.harness.runner import Runner, plan_grid
+    """Rerun the grid from scratch in ``work_dir`` (its own store) and compare or update.
+
+    ``jobs``: runs at a time (``"auto"``: :func:`~s2d_align.harness.runner.auto_jobs`); the
+    numbers do not depend on it."""
+    from s2d_align.harness.runner import Runner, auto_jobs, plan_grid
     from s2d_align.harness.store import Store
     from s2d_align.harness.variants import load_variants
 
@@ -223,7 +227,7 @@ def run_regression(
         runner = Runner(store, work_dir, run_fn=run_fn, scorer=scorer, cache_root=cache_root,
                         progress=progress)  # fmt: skip
         specs = plan_grid(preset, load_variants(variants), seeds, purpose="regress")
-        grid = runner.run_grid(specs)
+        grid = runner.run_grid(specs, jobs=auto_jobs(specs) if jobs == "auto" else int(jobs))
         if not grid.ok:
             raise ConfigError(
                 "regression grid failed: "

@@ -5,14 +5,22 @@ runner what is left to do: a ``complete`` run is skipped; a run interrupted duri
 handed back to ``run_fn`` (which resumes from the run dir's last checkpoint); a split that was
 already scored is not scored again. The test split is scored at most once per run and every
 test scoring is logged (the test-set lock); sweeps may not request it at all.
+
+``run_grid(jobs=N)`` runs N grid cells at a time in spawned worker processes, each with its own
+store connection and scorer (one METEOR process per worker for its whole life). The one-time
+caches (data, tokenizer, tiny-LM pre-training) are built once in this process first. A run's
+result does not depend on ``jobs``: every run trains in one process from its own seed.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing as mp
+import os
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -104,19 +112,29 @@ class Runner:
         scorer: Scorer | None = None,
         cache_root: str | Path | None = None,
         progress: bool = True,
+        prepare_fn: Callable[..., None] | None = None,
     ):
         self.store = store
         self.results_dir = Path(results_dir)
         self.cache_root = Path(cache_root) if cache_root is not None else self.results_dir / "cache"
         self.progress = progress
+        self._injected = (run_fn, scorer, prepare_fn)  # what parallel workers rebuild from
         if run_fn is None or scorer is None:
             from s2d_align.harness import pipeline  # imports training: only when really needed
 
             run_fn = run_fn or pipeline.train_and_generate
             scorer = scorer or pipeline.CorpusScorer(self.cache_root)
+            prepare_fn = prepare_fn or pipeline.prepare_shared
         self.run_fn = run_fn
         self.scorer = scorer
+        self.prepare_fn = prepare_fn
         self._refs: dict[tuple[str, str], SplitReferences] = {}
+
+    def close(self) -> None:
+        """Stop what the scorer keeps running (its METEOR process); the store stays open."""
+        close = getattr(self.scorer, "close", None)
+        if close is not None:
+            close()
 
     # -- status --------------------------------------------------------------------------------
     def state(self, spec: RunSpec) -> str:
@@ -229,32 +247,90 @@ class Runner:
         return wall
 
     # -- the grid ------------------------------------------------------------------------------
-    def run_grid(self, specs: Iterable[RunSpec], *, stop_on_error: bool = False) -> GridReport:
+    def run_grid(
+        self, specs: Iterable[RunSpec], *, stop_on_error: bool = False, jobs: int = 1
+    ) -> GridReport:
+        """Run every spec that is not complete yet, ``jobs`` at a time; failures are recorded
+        and the rest of the grid still runs (unless ``stop_on_error``)."""
         specs = list(specs)
+        if jobs < 1:
+            raise ConfigError(f"jobs must be >= 1, got {jobs}")
         report = GridReport()
+        todo = []
+        for spec in specs:
+            if self.state(spec) == "complete":
+                report.skipped.append(spec.run_id)
+            else:
+                todo.append(spec)
         bar = _grid_bar(len(specs), self.progress)
+        bar.update(len(report.skipped))
         try:
-            for spec in specs:
-                bar.set_postfix_str(spec.run_id)
-                if self.state(spec) == "complete":
-                    report.skipped.append(spec.run_id)
+            if jobs > 1 and len(todo) > 1:
+                self._run_parallel(todo, min(jobs, len(todo)), report, bar, stop_on_error)
+            else:
+                for spec in todo:
+                    bar.set_postfix_str(spec.run_id)
+                    self._run_recorded(spec, report, stop_on_error)
                     bar.update(1)
-                    continue
-                try:
-                    self.run_one(spec)
-                    report.executed.append(spec.run_id)
-                except Exception as exc:  # recorded as failed; the rest of the grid still runs
-                    report.failed[spec.run_id] = f"{type(exc).__name__}: {exc}"
-                    if isinstance(exc, S2DError):
-                        log.error("run %s failed: %s", spec.run_id, exc)
-                    else:
-                        log.exception("run %s failed", spec.run_id)
-                    if stop_on_error:
-                        raise
-                bar.update(1)
         finally:
             bar.close()
+            self.close()
         return report
+
+    def _run_recorded(self, spec: RunSpec, report: GridReport, stop_on_error: bool) -> None:
+        try:
+            self.run_one(spec)
+            report.executed.append(spec.run_id)
+        except Exception as exc:  # recorded as failed; the rest of the grid still runs
+            _record_failure(report, spec.run_id, exc)
+            if stop_on_error:
+                raise
+
+    def _run_parallel(
+        self, todo: list[RunSpec], jobs: int, report: GridReport, bar, stop_on_error: bool
+    ) -> None:
+        if self.prepare_fn is not None:
+            prepared: set[str] = set()
+            for spec in todo:  # build shared caches once, before the workers race for them
+                key = repr((spec.config.data, spec.config.model.llm, spec.config.prompt))
+                if key not in prepared:
+                    self.prepare_fn(spec, self.cache_root, progress=self.progress)
+                    prepared.add(key)
+        run_fn, scorer, prepare_fn = self._injected
+        init = (
+            self.store.url,
+            str(self.results_dir),
+            str(self.cache_root),
+            run_fn,
+            scorer,
+            prepare_fn,
+            logging.getLogger().getEffectiveLevel(),
+        )
+        log.info("grid: %d run(s) on %d parallel worker(s)", len(todo), jobs)
+        pool = ProcessPoolExecutor(
+            max_workers=jobs,
+            mp_context=mp.get_context("spawn"),  # safe with torch and CUDA; fork is not
+            initializer=_init_worker,
+            initargs=init,
+        )
+        futures: dict[Future, RunSpec] = {pool.submit(_run_in_worker, s): s for s in todo}
+        try:
+            pending = set(futures)
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    spec = futures[future]
+                    bar.set_postfix_str(spec.run_id)
+                    exc = future.exception()
+                    if exc is None:
+                        report.executed.append(spec.run_id)
+                    else:
+                        _record_failure(report, spec.run_id, exc)
+                        if stop_on_error:
+                            raise exc
+                    bar.update(1)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     # -- dry run -------------------------------------------------------------------------------
     def estimate(self, specs: Sequence[RunSpec]) -> tuple[list[dict], str]:
@@ -286,6 +362,71 @@ class Runner:
                 }
             )
         return rows, "; ".join(sorted(sources))
+
+
+def _record_failure(report: GridReport, run_id: str, exc: BaseException) -> None:
+    report.failed[run_id] = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, S2DError):
+        log.error("run %s failed: %s", run_id, exc)
+    else:
+        log.error("run %s failed", run_id, exc_info=exc)
+
+
+def auto_jobs(specs: Sequence[RunSpec], limit: int = 4) -> int:
+    """Parallel runs that suit this machine: 1 with a GPU (runs would share it), otherwise the
+    usable cores divided by the runs' torch threads, at most ``limit`` (each worker also holds a
+    METEOR JVM) and at most the number of runs."""
+    if not specs:
+        return 1
+    import torch
+
+    if torch.cuda.is_available():
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    threads = max(max(1, s.config.train.num_threads) for s in specs)
+    return max(1, min(limit, (cores or 1) // threads, len(specs)))
+
+
+# -- parallel workers (spawned processes) ------------------------------------------------------
+_WORKER: Runner | None = None
+
+
+def _init_worker(
+    url: str,
+    results_dir: str,
+    cache_root: str,
+    run_fn: RunFn | None,
+    scorer: Scorer | None,
+    prepare_fn: Callable[..., None] | None,
+    log_level: int,
+) -> None:
+    from multiprocessing import util
+
+    global _WORKER
+    logging.basicConfig(
+        level=log_level, format=f"%(levelname)s [worker {os.getpid()}] %(name)s: %(message)s"
+    )
+    store = Store(url)
+    _WORKER = Runner(
+        store,
+        results_dir,
+        run_fn=run_fn,
+        scorer=scorer,
+        cache_root=cache_root,
+        progress=False,
+        prepare_fn=prepare_fn,
+    )
+
+    def close() -> None:
+        _WORKER.close()
+        store.close()
+
+    util.Finalize(_WORKER, close, exitpriority=10)  # runs when the worker process exits
+
+
+def _run_in_worker(spec: RunSpec) -> str:
+    assert _WORKER is not None, "worker not initialised"
+    return _WORKER.run_one(spec)
 
 
 class _NullBar:

@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import create_engine, delete, event, select
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from s2d_align.errors import ConfigError
@@ -207,8 +208,21 @@ class Store:
         images: Mapping[str, list],
         labels: Mapping[str, Mapping] | None = None,
     ) -> None:
-        """Store a split's references once per manifest (reports rebuild without the data dir)."""
-        labels = labels or {}
+        """Store a split's references once per manifest (reports rebuild without the data dir).
+
+        Parallel runs of a grid record the same references at about the same time: a writer
+        that loses the race (unique-key conflict) re-reads what the other wrote and fills in
+        only what is still missing.
+        """
+        for attempt in range(3):
+            try:
+                self._record_references(manifest_hash, split, reports, images, labels or {})
+                return
+            except IntegrityError:
+                if attempt == 2:
+                    raise
+
+    def _record_references(self, manifest_hash, split, reports, images, labels) -> None:
         with self.session() as s, s.begin():
             have = {
                 r.sample_id: r

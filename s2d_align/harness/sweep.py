@@ -155,7 +155,10 @@ def _run_worker(job: SweepJob, n_trials: int, worker: int, progress: bool) -> No
         )
         objective = SweepObjective(runner, job.space, job.preset, job.overrides)
         # S2D errors (bad data, NaN loss) fail one trial, recorded as FAIL; bugs stop the worker.
-        study.optimize(objective, n_trials=n_trials, catch=(S2DError,))
+        try:
+            study.optimize(objective, n_trials=n_trials, catch=(S2DError,))
+        finally:
+            runner.close()  # its scorer's METEOR process served every trial of this worker
     finally:
         store.close()
 

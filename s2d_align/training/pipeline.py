@@ -48,6 +48,7 @@ from s2d_align.training.run_dir import (
     default_cache_root,
     peak_rss_mb,
     prepare_tokenizer,
+    shared_tokenizer,
     train_reports,
 )
 from s2d_align.utils.io import read_json, read_jsonl, write_json, write_jsonl
@@ -183,6 +184,36 @@ def _truncate_log(run_dir: Path, step: int) -> None:
     path = run_dir / LOG_FILE
     if path.is_file():
         write_jsonl(path, [r for r in read_jsonl(path) if r.get("step", 0) <= step])
+
+
+def prepare_shared(cfg: Config, cache_root: Path, *, progress: bool = False) -> None:
+    """Build the one-time parts every run of ``cfg``'s data and LLM shares, in ``cache_root``:
+    the dataset (SynthCXR is generated), the tokenizer, the tiny LM's text pre-training, or the
+    de-quantised copy of a GGUF file. ``run_training`` finds them there.
+
+    Grids call it once before starting parallel runs, so that workers do not each build the
+    same cache (they would agree, since every cache is content-keyed and written atomically,
+    but the work would be repeated).
+    """
+    cache_root = Path(cache_root)
+    with torch_threads(cfg.train.num_threads):
+        started = time.perf_counter()
+        annotation = load_run_annotation(cfg, cache_root, progress=progress)
+        tokenizer = shared_tokenizer(cfg, annotation, cache_root, Dist())
+        if cfg.model.llm.source == "tiny":
+            from s2d_align.models import pretrained_tiny_llm
+
+            pretrained_tiny_llm(
+                cfg, tokenizer, train_reports(annotation), cache_root, progress=progress
+            )
+        else:
+            from s2d_align.models.llm import build_llm, gguf_cache_folder, llm_location
+
+            gguf_file = llm_location(cfg.model.llm)[1]
+            if gguf_file and not (gguf_cache_folder(cfg.model.llm, cache_root) / "model").is_dir():
+                build_llm(cfg.model.llm, tokenizer, cache_dir=cache_root)  # writes the copy
+        log.info("shared data, tokenizer and LLM weights ready (%.1fs)",
+                 time.perf_counter() - started)  # fmt: skip
 
 
 def run_training(

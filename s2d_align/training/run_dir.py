@@ -106,6 +106,21 @@ def prepare_tokenizer(
 ):
     """The run's tokenizer, saved in ``run_dir/tokenizer`` (tiny: trained on train reports and
     cached by content; pretrained: the LLM's own)."""
+    from s2d_align.data.tokenizer import load_tokenizer
+
+    saved = run_dir / TOKENIZER_DIR
+    if cfg.model.llm.source == "tiny" and (saved / "tokenizer.json").is_file():
+        return load_tokenizer(saved)
+    tokenizer = shared_tokenizer(cfg, annotation, cache_root, dist)
+    if dist.is_main:
+        tokenizer.save_pretrained(str(saved))
+    return tokenizer
+
+
+def shared_tokenizer(cfg: Config, annotation: Annotation, cache_root: Path, dist: Dist):
+    """The tokenizer every run of this data and LLM config shares, built once into
+    ``cache_root`` (tiny: BPE trained on the train reports and prompts, keyed by content;
+    pretrained: the LLM's own, with a cached copy for GGUF files)."""
     from s2d_align.data.tokenizer import (
         corpus_hash,
         load_tokenizer,
@@ -113,16 +128,10 @@ def prepare_tokenizer(
         train_report_tokenizer,
     )
 
-    saved = run_dir / TOKENIZER_DIR
     if cfg.model.llm.source != "tiny":
         from s2d_align.models import load_llm_tokenizer
 
-        tokenizer = load_llm_tokenizer(cfg.model.llm, cache_dir=cache_root)
-        if dist.is_main:
-            tokenizer.save_pretrained(str(saved))
-        return tokenizer
-    if (saved / "tokenizer.json").is_file():
-        return load_tokenizer(saved)
+        return load_llm_tokenizer(cfg.model.llm, cache_dir=cache_root)
     key = corpus_hash(
         [*train_reports(annotation), *prompt_texts(cfg.prompt)], cfg.model.llm.vocab_size
     )
@@ -136,10 +145,7 @@ def prepare_tokenizer(
             except OSError:
                 if not cached.is_dir():
                     raise
-    tokenizer = load_tokenizer(cached)
-    if dist.is_main:
-        tokenizer.save_pretrained(str(saved))
-    return tokenizer
+    return load_tokenizer(cached)
 
 
 def load_run_tokenizer(run_dir: Path, cfg: Config):
