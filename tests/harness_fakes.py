@@ -86,29 +86,15 @@ def fake_run_fn(spec, run_dir: Path, *, splits, hooks, progress, cache_root=None
                     "tokens": 100 * (len(rows) + 1),
                 }
             )
-        hooks.intermediate(
-            len(rows), {"ce/u0/14/micro/f1": 1.0 - drop - 0.01 * (len(spec.config.stages) - s_i)}
-        )
-    (run_dir / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    preds = {}
-    for split in splits:
-        refs = references(split)
-        out = []
-        for sid, text in refs.reports.items():
-            kept = [
-                s
-                for j, s in enumerate(text.split(". "))
-                if _rand(spec.seed, spec.config_hash, sid, j) > drop
-            ]
-            out.append(
-                {
-                    "id": sid,
-                    "prediction": ". ".join(kept) or "no finding.",
-                    "reference_ids": [],
-                    "keyphrases": [],
-                }
+        if spec.config.train.eval_every > 0:  # like the pipeline: val predictions to be scored
+            hooks.intermediate_predictions(len(rows), _predict(spec, "val", drop))
+        else:
+            hooks.intermediate(
+                len(rows),
+                {"ce/u0/14/micro/f1": 1.0 - drop - 0.01 * (len(spec.config.stages) - s_i)},
             )
-        preds[split] = out
+    (run_dir / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    preds = {split: _predict(spec, split, drop) for split in splits}
     return RunArtifacts(
         train=TrainSummary(
             steps=len(rows), tokens_seen=100 * len(rows), wall_s=0.01, log_rows=rows
@@ -116,6 +102,25 @@ def fake_run_fn(spec, run_dir: Path, *, splits, hooks, progress, cache_root=None
         predictions=preds,
         generate_wall_s=0.01,
     )
+
+
+def _predict(spec, split: str, drop: float) -> list[dict]:
+    out = []
+    for sid, text in references(split).reports.items():
+        kept = [
+            s
+            for j, s in enumerate(text.split(". "))
+            if _rand(spec.seed, spec.config_hash, sid, j) > drop
+        ]
+        out.append(
+            {
+                "id": sid,
+                "prediction": ". ".join(kept) or "no finding.",
+                "reference_ids": [],
+                "keyphrases": [],
+            }
+        )
+    return out
 
 
 @dataclass

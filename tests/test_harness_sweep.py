@@ -11,6 +11,7 @@ import optuna
 import pytest
 
 from s2d_align.config import config_hash
+from s2d_align.errors import ConfigError
 from s2d_align.harness.runner import Runner
 from s2d_align.harness.space import load_space
 from s2d_align.harness.store import Store, storage_url
@@ -176,12 +177,12 @@ def test_pruning_hooks_prefer_the_val_metric_and_sign_a_training_loss():
 def test_real_pipeline_reports_each_stage_end_once_with_its_mean_loss():
     from types import SimpleNamespace
 
-    from s2d_align.harness.pipeline import _StageEndReporter
+    from s2d_align.harness.pipeline import _IntermediateReporter
 
     cfg = load_variant("s2d").config("smoke", 0, ["train.total_steps=10"])  # stages 4/3/3 steps
     seen = []
     hooks = SimpleNamespace(intermediate=lambda step, m: seen.append((step, m["train_loss"])))
-    reporter = _StageEndReporter(cfg, hooks)
+    reporter = _IntermediateReporter(cfg, hooks)
     step = 0
     for stage_index, n in enumerate([4, 3, 3]):
         for k in range(1, n + 1):
@@ -192,3 +193,88 @@ def test_real_pipeline_reports_each_stage_end_once_with_its_mean_loss():
                 )
             )
     assert seen == [(4, 0.0), (7, 1.0), (10, 2.0)]
+
+
+def test_with_eval_every_the_pipeline_hands_over_val_predictions_and_no_training_loss():
+    from types import SimpleNamespace
+
+    from s2d_align.harness.pipeline import _IntermediateReporter
+
+    cfg = load_variant("s2d").config("smoke", 0, ["train.total_steps=10", "train.eval_every=5"])
+    seen: list = []
+    hooks = SimpleNamespace(
+        intermediate=lambda step, m: seen.append(("metrics", step)),
+        intermediate_predictions=lambda step, rows: seen.append(("rows", step, len(rows))),
+    )
+    reporter = _IntermediateReporter(cfg, hooks)
+    for step in range(1, 11):
+        rows = [{"id": "v1", "prediction": "x"}] if step % 5 == 0 else None
+        stage = 0 if step <= 4 else 1 if step <= 7 else 2
+        reporter(SimpleNamespace(stage_index=stage, stage_step=1, global_step=step, loss=1.0,
+                                 val_predictions=rows))  # fmt: skip
+    assert seen == [("rows", 5, 1), ("rows", 10, 1)]
+
+
+def test_space_eval_every_makes_trials_prune_on_scored_val_predictions(setup, tmp_path):
+    preset, _, results = setup
+    path = tmp_path / "toy.yaml"
+    path.write_text(SPACE + "eval_every: 2\n")
+    space = load_space(path)
+    assert space.eval_every == 2
+    runner = Runner(Store.open(None, results), results, run_fn=fakes.fake_run_fn,
+                    scorer=fakes.FakeScorer(tmp_path / "scores.jsonl"), progress=False)  # fmt: skip
+    trial = RecordingTrial()
+    objective = SweepObjective(runner, space, preset)
+    spec = objective.spec_for({"lr": 1e-3, "align": 0.1, "slots": 8})
+    assert spec.config.train.eval_every == 2
+    from s2d_align.harness.sweep import PruningHooks
+
+    runner.run_one(spec, hooks=PruningHooks(trial, "ROUGE_L", "maximize"))
+    # one report per stage end of the fake, each the FakeScorer's val ROUGE_L of those rows
+    assert len(trial.reports) == 3 and all(0 < value <= 1 for value, _ in trial.reports)
+    final = runner.store.metrics(spec.run_id, "val")["ROUGE_L"].value
+    assert trial.reports[-1][0] == pytest.approx(final)  # same rows, same scorer
+    splits = [json.loads(x)["split"] for x in (tmp_path / "scores.jsonl").read_text().splitlines()]
+    assert splits == ["val"] * 4  # three intermediate scorings and the final one; never test
+    assert runner.store.test_evaluations() == [] and len(runner.store.evaluations()) == 1
+
+
+def test_bad_eval_every_in_a_space_is_an_error(tmp_path):
+    path = tmp_path / "toy.yaml"
+    path.write_text(SPACE + "eval_every: -3\n")
+    with pytest.raises(ConfigError, match="eval_every"):
+        load_space(path)
+
+
+@pytest.mark.slow
+@pytest.mark.java
+def test_real_pipeline_val_scores_mid_run_reach_the_hooks(tmp_path):
+    """train.eval_every on the real pipeline: val predictions every N steps, scored by the
+    runner's CorpusScorer with the final protocol; test is never generated."""
+    from s2d_align.harness.spec import RunSpec
+
+    overrides = ["train.total_steps=10", "train.eval_every=5", "model.llm.pretrain_steps=10",
+                 "inference.max_new_tokens=24", "eval.bootstrap=50"]  # fmt: skip
+    variant = load_variant("s2d")
+    spec = RunSpec("smoke", variant, 0, variant.config("smoke", 0, overrides), purpose="sweep",
+                   splits=("val",), overrides=tuple(overrides))  # fmt: skip
+    results = tmp_path / "results"
+    runner = Runner(Store.open(None, results), results, progress=False)
+    seen: list[tuple[int, dict]] = []
+
+    class Hooks:
+        def intermediate(self, step, metrics):
+            seen.append((step, dict(metrics)))
+
+    try:
+        runner.run_one(spec, hooks=Hooks())
+    finally:
+        runner.close()
+    assert [step for step, _ in seen] == [5, 10]
+    for _, metrics in seen:
+        assert "train_loss" not in metrics
+        assert 0 <= metrics["ce/u0/14/micro/f1"] <= 1 and 0 <= metrics["BLEU_4"] <= 1
+    final = runner.store.metrics(spec.run_id, "val")
+    assert seen[-1][1]["BLEU_1"] == pytest.approx(final["BLEU_1"].value)  # same model, same rows
+    assert runner.store.test_evaluations() == []
+    assert not (spec.run_dir(results) / "predictions" / "test.jsonl").exists()

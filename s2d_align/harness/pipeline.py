@@ -2,10 +2,11 @@
 
 Imported only when a runner is built without injected fakes (it pulls in torch).
 
-Pruning during sweeps: ``run_training`` hands its callbacks a ``StepInfo`` (stage, step, training
-loss), not the model, so validation reports cannot be generated mid-run. At the end of each
-stage the hooks get ``train_loss`` (the stage's mean training loss), which ``PruningHooks``
-reports as the trial's intermediate value; the trial's final value is the val metric.
+Pruning during sweeps: with ``train.eval_every = N`` (a sweep space's ``eval_every``) the
+training loop generates val predictions every N steps; they reach the runner through
+``hooks.intermediate_predictions``, are scored like the final val split, and the val metrics are
+``PruningHooks``' intermediate values. Without it, the hooks get each stage's mean training loss
+(``train_loss``) instead. The trial's final value is always the val metric of the finished run.
 """
 
 from __future__ import annotations
@@ -20,17 +21,29 @@ from s2d_align.harness.spec import RunArtifacts, RunSpec, Scored, SplitReference
 from s2d_align.utils.io import read_jsonl
 
 
-class _StageEndReporter:
-    """Training callback: mean loss of each finished stage -> ``hooks.intermediate``."""
+class _IntermediateReporter:
+    """Training callback: intermediate values for ``hooks`` (pruning).
+
+    With ``train.eval_every`` the loop hands over val predictions every N steps, which go to
+    ``hooks.intermediate_predictions`` (the runner scores them on val). Without it, the mean
+    training loss of each finished stage goes to ``hooks.intermediate`` as ``train_loss``.
+    A run reports one kind only, so a pruner compares like with like.
+    """
 
     def __init__(self, cfg: Config, hooks: Any):
         from s2d_align.training.loop import plan_stages
 
         self.steps = {p.index: p.steps for p in plan_stages(cfg)}
         self.hooks = hooks
+        self.val_scoring = cfg.train.eval_every > 0
         self.losses: list[float] = []
 
     def __call__(self, info: Any) -> None:
+        if self.val_scoring:
+            report = getattr(self.hooks, "intermediate_predictions", None)
+            if info.val_predictions is not None and report is not None:
+                report(info.global_step, info.val_predictions)
+            return
         self.losses.append(float(info.loss))
         if info.stage_step == self.steps.get(info.stage_index):
             mean = sum(self.losses) / len(self.losses)
@@ -56,7 +69,7 @@ def train_and_generate(
         run_dir,
         progress=progress,
         cache_root=cache_root,
-        callbacks=[_StageEndReporter(spec.config, hooks)],
+        callbacks=[_IntermediateReporter(spec.config, hooks)],
     )
     log_path = Path(run_dir) / "train_log.jsonl"
     log_rows = read_jsonl(log_path) if log_path.is_file() else []
@@ -132,6 +145,10 @@ class CorpusScorer:
         if self._nlg is None:
             self._nlg = NLGScorer().__enter__()
         return self._nlg
+
+    def warm_up(self) -> None:
+        """Start the METEOR process now: its JVM loads (~10 s of CPU) while a run trains."""
+        self._nlg_scorer()
 
     def close(self) -> None:
         if self._nlg is not None:

@@ -130,6 +130,11 @@ class Runner:
         self.prepare_fn = prepare_fn
         self._refs: dict[tuple[str, str], SplitReferences] = {}
 
+    def _warm_up(self) -> None:
+        warm_up = getattr(self.scorer, "warm_up", None)
+        if warm_up is not None:
+            warm_up()
+
     def close(self) -> None:
         """Stop what the scorer keeps running (its METEOR process); the store stays open."""
         close = getattr(self.scorer, "close", None)
@@ -179,7 +184,7 @@ class Runner:
                 spec,
                 run_dir,
                 splits=tuple(todo),
-                hooks=hooks or NoHooks(),
+                hooks=_ValScoringHooks(self, spec, hooks or NoHooks()),
                 progress=self.progress,
                 cache_root=self.cache_root,
             )
@@ -268,6 +273,8 @@ class Runner:
             if jobs > 1 and len(todo) > 1:
                 self._run_parallel(todo, min(jobs, len(todo)), report, bar, stop_on_error)
             else:
+                if todo:
+                    self._warm_up()
                 for spec in todo:
                     bar.set_postfix_str(spec.run_id)
                     self._run_recorded(spec, report, stop_on_error)
@@ -364,6 +371,26 @@ class Runner:
         return rows, "; ".join(sorted(sources))
 
 
+class _ValScoringHooks:
+    """What ``run_fn`` gets as hooks: passes metrics through, and scores intermediate val
+    predictions with the runner's scorer (same protocol as the final val score) first."""
+
+    def __init__(self, runner: Runner, spec: RunSpec, inner) -> None:
+        self.runner, self.spec, self.inner = runner, spec, inner
+
+    def intermediate(self, step: int, metrics) -> None:
+        self.inner.intermediate(step, metrics)
+
+    def intermediate_predictions(self, step: int, rows: list[dict]) -> None:
+        refs = self.runner.references(self.spec, "val")
+        predictions = {str(r["id"]): str(r["prediction"]) for r in rows}
+        scored = self.runner.scorer.score(self.spec.config, "val", predictions, refs)
+        metrics = {name: float(m.value) for name, m in scored.report.metrics.items()}
+        log.info("%s: step %d val %s", self.spec.run_id, step,
+                 ", ".join(f"{k} {v:.4f}" for k, v in list(metrics.items())[:6]))  # fmt: skip
+        self.inner.intermediate(step, metrics)
+
+
 def _record_failure(report: GridReport, run_id: str, exc: BaseException) -> None:
     report.failed[run_id] = f"{type(exc).__name__}: {exc}"
     if isinstance(exc, S2DError):
@@ -422,6 +449,7 @@ def _init_worker(
         store.close()
 
     util.Finalize(_WORKER, close, exitpriority=10)  # runs when the worker process exits
+    _WORKER._warm_up()
 
 
 def _run_in_worker(spec: RunSpec) -> str:

@@ -27,6 +27,7 @@ SPACE_KEYS = (
     "seed",
     "objective",
     "pruner",
+    "eval_every",
     "params",
 )
 PARAM_TYPES = ("int", "float", "categorical")
@@ -73,9 +74,13 @@ class Space:
     params: tuple[Param, ...]
     pruner: Mapping[str, int] = field(default_factory=dict)
     path: Path | None = None
+    # Val scoring every N optimizer steps during a trial: the pruner's intermediate values.
+    # 0: the stage-end mean training loss instead (cheaper, a weaker signal).
+    eval_every: int = 0
 
     def overrides(self, values: Mapping[str, Any]) -> list[str]:
-        return [p.override(values[p.name]) for p in self.params]
+        extra = [f"train.eval_every={self.eval_every}"] if self.eval_every else []
+        return [*extra, *(p.override(values[p.name]) for p in self.params)]
 
 
 def _yaml_scalar(value: Any) -> str:
@@ -155,6 +160,9 @@ def parse_space(data: Mapping[str, Any], where: str, expected_name: str | None =
     allowed_pruner = {"n_startup_trials", "n_warmup_steps", "interval_steps"}
     if not isinstance(pruner, Mapping) or set(pruner) - allowed_pruner:
         raise ConfigError(f"{where}: 'pruner' takes {', '.join(sorted(allowed_pruner))}")
+    eval_every = data.get("eval_every", 0)
+    if isinstance(eval_every, bool) or not isinstance(eval_every, int) or eval_every < 0:
+        raise ConfigError(f"{where}: 'eval_every' must be a non-negative integer (steps)")
     params_data = data.get("params")
     if not isinstance(params_data, Mapping) or not params_data:
         raise ConfigError(f"{where}: 'params' must be a non-empty mapping")
@@ -178,6 +186,7 @@ def parse_space(data: Mapping[str, Any], where: str, expected_name: str | None =
         direction=direction,
         params=params,
         pruner=dict(pruner),
+        eval_every=eval_every,
     )
 
 

@@ -123,7 +123,13 @@ class Scored:
 
 
 class EvalHooks(Protocol):
-    """Called by ``run_fn`` when training reaches an intermediate validation point."""
+    """Called by ``run_fn`` when training reaches an intermediate validation point.
+
+    ``run_fn`` calls ``intermediate(step, metrics)`` with metrics it has (the real pipeline:
+    stage-end training loss), or, when it generated val predictions mid-run
+    (``train.eval_every``), ``intermediate_predictions(step, rows)``: the runner scores those
+    with the grid's scorer and passes the val metrics on to ``intermediate``.
+    """
 
     def intermediate(self, step: int, metrics: Mapping[str, float]) -> None: ...
 
