@@ -324,10 +324,12 @@ class Runner:
         try:
             pending = set(futures)
             while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                done, pending = wait(pending, timeout=2.0, return_when=FIRST_COMPLETED)
+                # the call queue is FIFO: the earliest started futures are the executing ones
+                running = [spec.run_id for f, spec in futures.items() if f.running()][:jobs]
+                bar.set_postfix_str("running: " + ", ".join(running) if running else "")
                 for future in done:
                     spec = futures[future]
-                    bar.set_postfix_str(spec.run_id)
                     exc = future.exception()
                     if exc is None:
                         report.executed.append(spec.run_id)

@@ -179,6 +179,16 @@ def run_sweep(job: SweepJob, trials: int, workers: int = 1, progress: bool = Tru
     if workers == 1:
         _run_worker(job, trials, 0, progress)
         return study
+    if job.run_fn is None:  # the real pipeline: build the shared caches once, not once per worker
+        from s2d_align.harness.pipeline import prepare_shared
+
+        cfg = job.space.base_variant.config(job.preset, job.space.seed, job.overrides)
+        prepare_shared(
+            RunSpec(preset_label(job.preset), job.space.base_variant, job.space.seed, cfg,
+                    purpose="sweep", splits=("val",)),
+            Path(job.cache_root) if job.cache_root else Path(job.results_dir) / "cache",
+            progress=progress,
+        )  # fmt: skip
     ctx = mp.get_context("spawn")  # safe with torch and CUDA; fork is not
     procs = [
         ctx.Process(target=_run_worker, args=(job, share, i, False), name=f"sweep-worker-{i}")
