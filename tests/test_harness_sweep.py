@@ -278,3 +278,22 @@ def test_real_pipeline_val_scores_mid_run_reach_the_hooks(tmp_path):
     assert seen[-1][1]["BLEU_1"] == pytest.approx(final["BLEU_1"].value)  # same model, same rows
     assert runner.store.test_evaluations() == []
     assert not (spec.run_dir(results) / "predictions" / "test.jsonl").exists()
+
+
+def test_a_real_sweep_prepares_the_base_configs_caches_where_its_runners_look(setup, monkeypatch):
+    from s2d_align.harness import pipeline
+    from s2d_align.harness.sweep import prepare_caches
+
+    preset, space, results = setup
+    seen = []
+    monkeypatch.setattr(pipeline, "prepare_shared",
+                        lambda spec, cache, progress=False: seen.append((spec, cache)))  # fmt: skip
+    job = SweepJob(preset=str(preset), space=space, storage_url=storage_url(None, results),
+                   study_name="t", results_dir=str(results), overrides=("train.lr=0.002",))  # fmt: skip
+    prepare_caches(job)
+    ((spec, cache),) = seen
+    assert cache == Path(results) / "cache"  # Runner's default cache_root for results_dir
+    assert Runner(Store.open(None, results), results, run_fn=fakes.fake_run_fn,
+                  scorer=fakes.FakeScorer(), progress=False).cache_root == cache  # fmt: skip
+    assert spec.config.train.lr == 0.002 and spec.variant.name == space.base_variant.name
+    assert spec.splits == ("val",) and spec.purpose == "sweep"

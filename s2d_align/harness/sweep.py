@@ -168,6 +168,18 @@ def _shares(trials: int, workers: int) -> list[int]:
     return [trials // workers + (1 if i < trials % workers else 0) for i in range(workers)]
 
 
+def prepare_caches(job: SweepJob, progress: bool = False) -> None:
+    """Data, tokenizer and tiny-LM pre-training of the job's base config, in the cache that its
+    workers' runners use (``cache_root``, else ``results_dir/cache``)."""
+    from s2d_align.harness import pipeline
+
+    cfg = job.space.base_variant.config(job.preset, job.space.seed, job.overrides)
+    spec = RunSpec(preset_label(job.preset), job.space.base_variant, job.space.seed, cfg,
+                   purpose="sweep", splits=("val",))  # fmt: skip
+    cache = Path(job.cache_root) if job.cache_root else Path(job.results_dir) / "cache"
+    pipeline.prepare_shared(spec, cache, progress=progress)
+
+
 def run_sweep(job: SweepJob, trials: int, workers: int = 1, progress: bool = True) -> optuna.Study:
     """Run ``trials`` new trials over ``workers`` processes sharing the job's storage."""
     if trials < 1 or workers < 1:
@@ -180,15 +192,7 @@ def run_sweep(job: SweepJob, trials: int, workers: int = 1, progress: bool = Tru
         _run_worker(job, trials, 0, progress)
         return study
     if job.run_fn is None:  # the real pipeline: build the shared caches once, not once per worker
-        from s2d_align.harness.pipeline import prepare_shared
-
-        cfg = job.space.base_variant.config(job.preset, job.space.seed, job.overrides)
-        prepare_shared(
-            RunSpec(preset_label(job.preset), job.space.base_variant, job.space.seed, cfg,
-                    purpose="sweep", splits=("val",)),
-            Path(job.cache_root) if job.cache_root else Path(job.results_dir) / "cache",
-            progress=progress,
-        )  # fmt: skip
+        prepare_caches(job, progress)
     ctx = mp.get_context("spawn")  # safe with torch and CUDA; fork is not
     procs = [
         ctx.Process(target=_run_worker, args=(job, share, i, False), name=f"sweep-worker-{i}")
