@@ -97,12 +97,6 @@ def prepare_shared(spec: RunSpec, cache_root: Path, *, progress: bool = False) -
     prepare(spec.config, Path(cache_root), progress=progress)
 
 
-def shared_key(spec: RunSpec) -> str:
-    """Specs with equal keys share every cache :func:`prepare_shared` builds."""
-    cfg = spec.config
-    return repr((cfg.data, cfg.model.llm, cfg.prompt))
-
-
 class RecordingLabeler:
     """Wraps a labeler and remembers the labels of every text it saw (for exact CE tests)."""
 

@@ -118,7 +118,7 @@ class Runner:
         self.results_dir = Path(results_dir)
         self.cache_root = Path(cache_root) if cache_root is not None else self.results_dir / "cache"
         self.progress = progress
-        self._injected = (run_fn, scorer, prepare_fn)  # what parallel workers rebuild from
+        self._injected = (run_fn, scorer)  # what parallel workers rebuild their runner from
         if run_fn is None or scorer is None:
             from s2d_align.harness import pipeline  # imports training: only when really needed
 
@@ -299,18 +299,18 @@ class Runner:
         if self.prepare_fn is not None:
             prepared: set[str] = set()
             for spec in todo:  # build shared caches once, before the workers race for them
-                key = repr((spec.config.data, spec.config.model.llm, spec.config.prompt))
+                cfg = spec.config  # what the caches depend on: data, LLM, prompt templates
+                key = repr((cfg.data, cfg.model.llm, cfg.prompt))
                 if key not in prepared:
                     self.prepare_fn(spec, self.cache_root, progress=self.progress)
                     prepared.add(key)
-        run_fn, scorer, prepare_fn = self._injected
+        run_fn, scorer = self._injected
         init = (
             self.store.url,
             str(self.results_dir),
             str(self.cache_root),
             run_fn,
             scorer,
-            prepare_fn,
             logging.getLogger().getEffectiveLevel(),
         )
         log.info("grid: %d run(s) on %d parallel worker(s)", len(todo), jobs)
@@ -426,7 +426,6 @@ def _init_worker(
     cache_root: str,
     run_fn: RunFn | None,
     scorer: Scorer | None,
-    prepare_fn: Callable[..., None] | None,
     log_level: int,
 ) -> None:
     from multiprocessing import util
@@ -443,7 +442,6 @@ def _init_worker(
         scorer=scorer,
         cache_root=cache_root,
         progress=False,
-        prepare_fn=prepare_fn,
     )
 
     def close() -> None:
