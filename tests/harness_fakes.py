@@ -61,7 +61,15 @@ def fake_run_fn(spec, run_dir: Path, *, splits, hooks, progress, cache_root=None
     calls = run_dir.parents[3] / "fake_calls.jsonl"  # RESULTS/runs/PRESET/VARIANT/SEED
     with calls.open("a", encoding="utf-8") as fh:
         fh.write(
-            json.dumps({"run_id": spec.run_id, "splits": list(splits), "pid": os.getpid()}) + "\n"
+            json.dumps(
+                {
+                    "run_id": spec.run_id,
+                    "splits": list(splits),
+                    "pid": os.getpid(),
+                    "gpus": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                }
+            )
+            + "\n"
         )
     target = os.environ.get(INTERRUPT_ENV)
     marker = run_dir / "interrupted_once"

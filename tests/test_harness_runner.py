@@ -221,13 +221,16 @@ def test_jobs_must_be_positive(tmp_path, preset):
         make_runner(tmp_path).run_grid(plan_grid(preset, [load_variant("sft")], [0]), jobs=0)
 
 
-def test_auto_jobs_is_one_with_a_gpu_else_cores_over_threads(preset, monkeypatch):
+def test_auto_jobs_is_one_per_gpu_else_cores_over_threads(preset, monkeypatch):
     import torch
 
     specs = plan_grid(preset, load_variants(["sft", "s2d"]), [0, 1, 2])  # 6 runs
     monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(8)), raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert auto_jobs(specs) == 1
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert auto_jobs(specs) == 2 and auto_jobs(specs[:1]) == 1
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert auto_jobs(specs) == 4  # 8 cores / 1 thread, capped at 4
     assert auto_jobs(specs[:3]) == 3  # never more than there are runs
@@ -237,3 +240,20 @@ def test_auto_jobs_is_one_with_a_gpu_else_cores_over_threads(preset, monkeypatch
     assert auto_jobs(two_threads) == 4 and auto_jobs(two_threads, limit=16) == 4
     monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0}, raising=False)
     assert auto_jobs(specs) == 1
+
+
+def test_parallel_workers_are_pinned_to_one_visible_gpu_each(tmp_path, preset, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # in this process only:
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)  # the fake workers never use CUDA
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,7")
+    specs = plan_grid(preset, load_variants(["sft", "s2d"]), [0, 1])
+    runner = make_runner(tmp_path)
+    assert runner.run_grid(specs, jobs=2).ok
+    by_pid: dict[int, set] = {}
+    for call in calls(tmp_path):
+        by_pid.setdefault(call["pid"], set()).add(call["gpus"])
+    assert all(len(gpus) == 1 for gpus in by_pid.values())  # a worker keeps its one device
+    pinned = [next(iter(g)) for g in by_pid.values()]
+    assert set(pinned) <= {"5", "7"} and len(set(pinned)) == len(pinned)  # distinct devices

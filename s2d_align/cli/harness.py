@@ -227,8 +227,8 @@ def _jobs_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--jobs",
         default="auto",
-        help="runs at a time, each in its own process; 'auto': 1 with a GPU, else CPU cores / "
-        "train.num_threads, at most 4 (default: %(default)s)",
+        help="runs at a time, each in its own process; 'auto': one per GPU (each worker pinned "
+        "to its device), else CPU cores / train.num_threads, at most 4 (default: %(default)s)",
     )
 
 

@@ -7,7 +7,8 @@ already scored is not scored again. The test split is scored at most once per ru
 test scoring is logged (the test-set lock); sweeps may not request it at all.
 
 ``run_grid(jobs=N)`` runs N grid cells at a time in spawned worker processes, each with its own
-store connection and scorer (one METEOR process per worker for its whole life). The one-time
+store connection and scorer (one METEOR process per worker for its whole life) and, with CUDA,
+its own GPU (worker k sees only visible device k mod #GPUs). The one-time
 caches (data, tokenizer, tiny-LM pre-training) are built once in this process first. A run's
 result does not depend on ``jobs``: every run trains in one process from its own seed.
 """
@@ -23,6 +24,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from s2d_align.errors import ConfigError, S2DError
 from s2d_align.harness.provenance import environment, git_sha
@@ -304,6 +306,13 @@ class Runner:
                 if key not in prepared:
                     self.prepare_fn(spec, self.cache_root, progress=self.progress)
                     prepared.add(key)
+        ctx = mp.get_context("spawn")  # safe with torch and CUDA; fork is not
+        gpus = _visible_gpus()
+        devices = None
+        if gpus:  # pin worker k to GPU k (round robin when there are more workers than GPUs)
+            devices = ctx.Queue()
+            for k in range(jobs):
+                devices.put(gpus[k % len(gpus)])
         run_fn, scorer = self._injected
         init = (
             self.store.url,
@@ -312,13 +321,12 @@ class Runner:
             run_fn,
             scorer,
             logging.getLogger().getEffectiveLevel(),
+            devices,
         )
-        log.info("grid: %d run(s) on %d parallel worker(s)", len(todo), jobs)
+        log.info("grid: %d run(s) on %d parallel worker(s)%s", len(todo), jobs,
+                 f", GPUs {', '.join(gpus)}" if gpus else "")  # fmt: skip
         pool = ProcessPoolExecutor(
-            max_workers=jobs,
-            mp_context=mp.get_context("spawn"),  # safe with torch and CUDA; fork is not
-            initializer=_init_worker,
-            initargs=init,
+            max_workers=jobs, mp_context=ctx, initializer=_init_worker, initargs=init
         )
         futures: dict[Future, RunSpec] = {pool.submit(_run_in_worker, s): s for s in todo}
         try:
@@ -402,18 +410,29 @@ def _record_failure(report: GridReport, run_id: str, exc: BaseException) -> None
 
 
 def auto_jobs(specs: Sequence[RunSpec], limit: int = 4) -> int:
-    """Parallel runs that suit this machine: 1 with a GPU (runs would share it), otherwise the
-    usable cores divided by the runs' torch threads, at most ``limit`` (each worker also holds a
-    METEOR JVM) and at most the number of runs."""
+    """Parallel runs that suit this machine: one per visible GPU (each worker is pinned to its
+    own device), otherwise the usable cores divided by the runs' torch threads, at most
+    ``limit`` (each worker also holds a METEOR JVM); never more than the number of runs."""
     if not specs:
         return 1
-    import torch
-
-    if torch.cuda.is_available():
-        return 1
+    gpus = _visible_gpus()
+    if gpus:
+        return max(1, min(len(gpus), len(specs)))
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     threads = max(max(1, s.config.train.num_threads) for s in specs)
     return max(1, min(limit, (cores or 1) // threads, len(specs)))
+
+
+def _visible_gpus() -> list[str]:
+    """CUDA device names as ``CUDA_VISIBLE_DEVICES`` would list them ([] without CUDA)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    count = torch.cuda.device_count()
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    names = [v.strip() for v in visible.split(",") if v.strip()] if visible else []
+    return names[:count] if len(names) >= count else [str(i) for i in range(count)]
 
 
 # -- parallel workers (spawned processes) ------------------------------------------------------
@@ -427,10 +446,13 @@ def _init_worker(
     run_fn: RunFn | None,
     scorer: Scorer | None,
     log_level: int,
+    devices: Any = None,
 ) -> None:
     from multiprocessing import util
 
     global _WORKER
+    if devices is not None:  # before anything in this process initialises CUDA
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(devices.get(timeout=60))
     logging.basicConfig(
         level=log_level, format=f"%(levelname)s [worker {os.getpid()}] %(name)s: %(message)s"
     )
