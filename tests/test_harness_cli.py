@@ -97,8 +97,11 @@ def test_ablate_smoke_end_to_end_then_resume_is_a_no_op(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "2 run(s) executed" in text and "(2 at a time)" in text and "| `s2d` |" in text
     store = Store.open(None, out)
-    runs = store.runs(preset="smoke")
+    runs = store.runs(preset="smoke", purpose="ablate")
     assert {r.variant for r in runs} == {"sft", "s2d"} and all(r.status == "complete" for r in runs)
+    rows = store.runs(preset="smoke", purpose="reference", status="complete")  # made once, first
+    assert {r.variant[4:] for r in rows} == {"all-normal", "nn-retrieval", "oracle-paraphrase"}
+    assert "| `ref: all-normal` |" in text
     for run in runs:
         assert run.steps == 10 and run.tokens_seen > 0
         metrics = store.metrics(run.id, "test")
@@ -113,7 +116,7 @@ def test_ablate_smoke_end_to_end_then_resume_is_a_no_op(tmp_path, capsys):
     # a second invocation finds every run complete: nothing retrains, nothing is rescored
     assert main([*argv, "--jobs", "2"]) == 0
     assert "0 run(s) executed, 2 already complete" in capsys.readouterr().out
-    assert len(store.test_evaluations()) == 2
+    assert len(store.test_evaluations()) == 2 + 3  # the variants' and the reference rows', once
     # the same grid run one at a time in this process records the same numbers
     out1 = tmp_path / "sequential"
     assert main([*ablate(out1, tmp_path / "reports1"), "--jobs", "1"]) == 0

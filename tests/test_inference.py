@@ -15,10 +15,10 @@ from s2d_align.training.collate import resolve_inference_context
 from s2d_align.training.data import load_run_annotation
 from s2d_align.training.keyphrases import (
     THRESHOLD_GRID,
-    extract_keyphrases,
-    in_vocab,
     load_vocab,
+    load_vocab_source,
     micro_f1,
+    oracle_keyphrases,
     tune_threshold,
 )
 from s2d_align.utils.io import read_json, read_jsonl
@@ -89,7 +89,9 @@ def test_generation_is_deterministic_and_follows_the_split(run, test_studies, tm
         assert len(row["reference_ids"]) == 1 and row["reference_ids"][0] in train_ids
         assert set(row["keyphrases"]) <= set(vocab)
     threshold = read_json(run / "keyphrase_threshold.json")
-    assert threshold["split"] == "val" and threshold["threshold"] in THRESHOLD_GRID
+    assert threshold["split"] == "val" and list(threshold["thresholds"]) == vocab
+    assert threshold["global"] in THRESHOLD_GRID
+    assert all(t in THRESHOLD_GRID for t in threshold["thresholds"].values())
 
 
 @pytest.mark.slow
@@ -104,10 +106,11 @@ def test_oracle_context_is_labelled_and_uses_the_reports_own_phrases(
         cache_root=cache_root(tmp_path_factory),
     )
     vocab = load_vocab(run)
-    oracle = extract_keyphrases({s.id: s.report for s in test_studies})
+    reports = {s.id: s.report for s in test_studies}
+    oracle = oracle_keyphrases(reports, vocab, load_vocab_source(run))
     for row in rows:
         assert row["context"] == "oracle_keyphrases"
-        assert row["keyphrases"] == in_vocab(oracle[row["id"]], vocab)
+        assert row["keyphrases"] == oracle[row["id"]]
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ from s2d_align.data.audit import manifest_hash
 from s2d_align.data.r2gen import load_annotation
 from s2d_align.errors import DataError
 from s2d_align.evaluation.ce import ce_cell_names
+from s2d_align.evaluation.grounded import GROUNDED_METRICS
 from s2d_align.evaluation.nlg import NLG_METRICS
 from s2d_align.evaluation.profiles import get_profile
 from s2d_align.evaluation.records import ScoreReport
@@ -138,7 +139,12 @@ def test_score_writes_every_metric_and_the_signature(scored, ann):
     code, out, out_dir = scored
     assert code == 0
     data = json.loads(out.read_text())
-    expected = [*NLG_METRICS, *ce_cell_names(), *(f"ce_f1/{o}" for o in OBSERVATIONS)]
+    expected = [
+        *NLG_METRICS,
+        *ce_cell_names(),
+        *(f"ce_f1/{o}" for o in OBSERVATIONS),
+        *GROUNDED_METRICS,
+    ]
     assert list(data["metrics"]) == expected
     for name in expected:
         m = data["metrics"][name]

@@ -289,3 +289,38 @@ def test_ensure_synthcxr_caches_and_redoes_an_interrupted_generation(tmp_path):
         SynthConfig(n_train=4, n_val=1, n_test=2, size=32, seed=3), tmp_path, progress=False
     )
     assert other != path
+
+
+def test_paraphrase_states_the_same_labels_in_other_words(tmp_path):
+    """oracle-paraphrase: each test report written again from its findings in another style."""
+    from s2d_align.config.schema import EvalConfig
+    from s2d_align.data.synth import paraphrase_reports
+    from s2d_align.evaluation.labelers import get_labeler
+
+    cfg = SynthConfig(n_train=4, n_val=2, n_test=60, size=32, views=1, seed=5)
+    folder = ensure_synthcxr(cfg, tmp_path, progress=False).parent
+    ann, truth = load(folder)
+    original = {e["id"]: e["report"] for e in ann["test"]}
+    para = paraphrase_reports(cfg, tmp_path, "test", style_seed=1)
+    assert list(para) == list(original)
+    ids = list(original)
+
+    def shown(labels: dict) -> dict:  # what every CE cell sees: positive and uncertain
+        return {obs: value for obs, value in labels.items() if value in (1, -1)}
+
+    labeler = get_labeler(EvalConfig())
+    before = [shown(x) for x in labeler.label([original[i] for i in ids])]
+    after = [shown(x) for x in labeler.label([para[i] for i in ids])]
+    assert after == before
+    assert sum(bool(set(x) - {"No Finding"}) for x in before) >= 20  # findings worth keeping
+    assert sum(para[i] != original[i] for i in ids) >= 0.9 * len(ids)
+    assert paraphrase_reports(cfg, tmp_path, "test", style_seed=1) == para  # deterministic
+    other = paraphrase_reports(cfg, tmp_path, "test", style_seed=2)
+    assert sum(other[i] != para[i] for i in ids) >= 0.9 * len(ids)
+    with pytest.raises(ConfigError, match="split"):
+        paraphrase_reports(cfg, tmp_path, "dev")
+    sick = next(i for i in ids if truth[i]["findings"])
+    truth[sick]["findings"] = []  # a cache that no longer matches the generator
+    (folder / "ground_truth.json").write_text(json.dumps(truth))
+    with pytest.raises(DataError, match=f"study {sick}"):
+        paraphrase_reports(cfg, tmp_path, "test")

@@ -69,7 +69,8 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     specs = plan_grid(args.preset, variants, _seeds(args.seeds), overrides=args.overrides)
     store = _open_store(args)
     try:
-        runner = Runner(store, args.out, cache_root=args.cache_root, progress=_progress(args))
+        runner = Runner(store, args.out, cache_root=args.cache_root, progress=_progress(args),
+                        references=not args.no_references)  # fmt: skip
         jobs = parse_jobs(args.jobs, specs)
         if args.dry_run:
             print_plan(console, runner, specs, jobs)
@@ -81,6 +82,9 @@ def cmd_ablate(args: argparse.Namespace) -> int:
             f"{len(grid.failed)} failed, in {_duration(time.perf_counter() - started)} "
             f"({jobs} at a time)"
         )
+        for run_id, outcome in grid.references.items():
+            if not outcome.startswith("failed"):
+                console.print(f"reference row {run_id}: {outcome}")
         for run_id, err in grid.failed.items():
             console.print(f"[red]failed[/] {run_id}: {err}")
         written = build_reports(store, args.reports)
@@ -260,6 +264,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--reports", default=DEFAULT_REPORTS, help="reports directory (default: %(default)s)"
     )
     p.add_argument("--dry-run", action="store_true", help="print the plan with a time estimate")
+    p.add_argument(
+        "--no-references",
+        action="store_true",
+        help="do not record the reference rows (all-normal, nn-retrieval, oracle-paraphrase)",
+    )
     _jobs_arg(p)
     _common_run_args(p)
     p.set_defaults(handler=cmd_ablate)

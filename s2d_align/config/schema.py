@@ -67,12 +67,24 @@ class VisionConfig:
         "tiny"  # tiny: built from this config; pretrained: local dir
     )
     path: str | None = None  # local Hugging Face model directory (source pretrained)
-    hidden_size: int = 64  # tiny ViT width
-    num_layers: int = 2
+    # Tiny towers only: "vit" (transformers ViTModel) or "cnn" (a small conv net whose last
+    # feature map is the token grid, as R2Gen-style models read ResNet patch features).
+    arch: Literal["vit", "cnn"] = "vit"
+    hidden_size: int = 64  # tiny tower width (ViT width / CNN output channels)
+    num_layers: int = 2  # ViT blocks (the CNN's depth follows from patch_size)
     num_heads: int = 4
-    patch_size: int = 16
+    patch_size: int = 16  # token grid stride: (image_size / patch_size)^2 visual tokens
+    # Pre-training of a tiny tower on the TRAIN split (cached by content hash, shared by every
+    # variant and seed), standing in for the pretrained encoder every real system starts from.
+    # 0 = none (the tower starts random). Objective "labels": multi-label BCE on the CheXpert-14
+    # labels that the configured labeler (eval.labeler) gives the train reports.
+    pretrain_steps: int = 0
+    pretrain_lr: float = 2e-3
+    pretrain_objective: Literal["labels"] = "labels"
 
     def __post_init__(self) -> None:
+        _check(self.pretrain_steps >= 0, "model.vision.pretrain_steps must be >= 0")
+        _check(self.pretrain_lr > 0, "model.vision.pretrain_lr must be > 0")
         if self.source == "pretrained":
             _check(
                 self.path is not None, "model.vision.path is required when source is 'pretrained'"
@@ -118,13 +130,18 @@ class MemoryConfig:
     slots: int = 64  # S: number of memory slots
     num_heads: int = 4  # cross-attention heads of the memory read
     topk: int = 0  # sparse read over the top-k slots per query; 0 = dense softmax
-    gate: bool = True  # tanh(g) gate initialised at 0; False adds the read ungated
+    gate: bool = True  # tanh(g) gate; False adds the read ungated
+    # g at init: 0 leaves a pretrained LLM undisturbed at step 0, but a gate sharing the global
+    # lr then barely opens in a short budget; gate_lr_scale multiplies train.lr for g alone.
+    gate_init: float = 0.0
+    gate_lr_scale: float = 1.0
     align_temperature: float = 0.07  # tau of the InfoNCE alignment loss
 
     def __post_init__(self) -> None:
         _check(self.slots >= 1, "model.memory.slots must be >= 1")
         _check(0 <= self.topk <= self.slots, "model.memory.topk must be in [0, slots]")
         _check(self.align_temperature > 0, "model.memory.align_temperature must be > 0")
+        _check(self.gate_lr_scale > 0, "model.memory.gate_lr_scale must be > 0")
 
 
 @dataclass(frozen=True)
@@ -133,17 +150,6 @@ class LoraSettings:
     alpha: int = 16
     dropout: float = 0.05
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    vision: VisionConfig = field(default_factory=VisionConfig)
-    llm: LLMConfig = field(default_factory=LLMConfig)
-    memory: MemoryConfig = field(default_factory=MemoryConfig)
-    lora: LoraSettings = field(default_factory=LoraSettings)
-    projector_layers: int = 2  # MLP depth from vision width to LLM width
-    view_embedding: bool = True  # learned per-view embedding for multi-view studies
-    keyphrase_vocab: int = 64  # K most frequent train-split key phrases for the stage-3 head
 
 
 @dataclass(frozen=True)
@@ -158,6 +164,50 @@ class Trainable:
 
 
 @dataclass(frozen=True)
+class ModelConfig:
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    projector_layers: int = 2  # MLP depth from vision width to LLM width
+    view_embedding: bool = True  # learned per-view embedding for multi-view studies
+    # "constant": every image is replaced by a uniform grey one, in training and inference (the
+    # image-blind control: what language priors alone score). "real" for every real variant.
+    image_input: Literal["real", "constant"] = "real"
+    keyphrase_vocab: int = 64  # K most frequent train-split key phrases for the stage-3 head
+    # What trains, per tower, in every stage unless a stage names a part (stages.N.trainable).
+    trainable: Trainable = field(default_factory=Trainable)
+    # Which analyser phrases make the vocabulary, the oracle phrases and the head's targets.
+    # "positive": asserted findings only, severity dropped, side/zone kept ("left pleural
+    # effusion"); a normal study has none. "positive+uncertain" adds hedged findings as
+    # "possible ...". "all": every phrase verbatim, negated and normal ones included (the
+    # behaviour before this choice existed; its vocabulary is mostly "no pneumothorax"-like).
+    keyphrase_source: Literal["positive", "positive+uncertain", "all"] = "positive"
+
+
+@dataclass(frozen=True)
+class StageTrainable:
+    """A stage's exceptions to ``model.trainable``: a part left None trains as the model says.
+
+    So a preset freezes a tower once, and a variant's stage changes it only by naming it."""
+
+    vision: Trainability | None = None
+    projector: Trainability | None = None
+    memory: Trainability | None = None
+    llm: Trainability | None = None
+    keyphrase_head: Trainability | None = None
+
+    def over(self, base: Trainable) -> Trainable:
+        """``base`` with this stage's named parts replaced."""
+        return Trainable(
+            **{
+                part: getattr(self, part) or getattr(base, part)
+                for part in ("vision", "projector", "memory", "llm", "keyphrase_head")
+            }
+        )
+
+
+@dataclass(frozen=True)
 class StageConfig:
     name: str = "pair"
     context: tuple[ContextPart, ...] = ()  # auxiliary text put in the prompt
@@ -166,8 +216,10 @@ class StageConfig:
     lambda_kp: float = 0.0  # key-phrase BCE weight (needs the key-phrase head)
     keyphrase_dropout: float = 0.0  # prob. of dropping the key phrases from a prompt
     step_fraction: float = 1.0  # share of train.total_steps; fractions over stages sum to 1
-    reset_memory: bool = False  # re-initialise the memory bank at the start of this stage
-    trainable: Trainable = field(default_factory=Trainable)
+    # Re-initialise the memory bank and its read projections at the start of this stage (the
+    # gate keeps its value, so the fresh memory is read as strongly as the old one was).
+    reset_memory: bool = False
+    trainable: StageTrainable = field(default_factory=StageTrainable)  # exceptions to the model's
 
     def __post_init__(self) -> None:
         _check(0 < self.step_fraction <= 1, f"stage {self.name}: step_fraction must be in (0, 1]")
@@ -181,7 +233,10 @@ class StageConfig:
 @dataclass(frozen=True)
 class RetrievalConfig:
     k: int = 1  # reference reports per study
-    encoder: Literal["stage1", "frozen"] = "stage1"  # vision encoder used for retrieval
+    # Encoder that embeds images for retrieval. "frozen": the vision tower as initialised (the
+    # shared pre-trained one on tiny presets), before any step: every variant retrieves with the
+    # same encoder. "stage1": the tower as it stands when references are first needed.
+    encoder: Literal["stage1", "frozen"] = "stage1"
     exclude_same_patient: bool = True
 
 
@@ -190,6 +245,9 @@ class PromptConfig:
     instruction: str = "Describe the findings of the chest radiograph."
     reference: str = "Reference report: {text}"
     keyphrases: str = "Key phrases: {text}"
+    # Put in the {text} slot when a study's key-phrase list is empty (no positive finding, or
+    # none predicted), so the prompt says so. "" leaves the key-phrase part out instead.
+    no_keyphrases: str = "none"
     answer_prefix: str = "Findings:"
 
 
@@ -270,3 +328,7 @@ class Config:
         )
         names = [s.name for s in self.stages]
         _check(len(set(names)) == len(names), f"stages: names must be unique, got {names}")
+
+    def stage_trainable(self, stage: StageConfig) -> Trainable:
+        """What trains in ``stage``: ``model.trainable`` with the stage's named exceptions."""
+        return stage.trainable.over(self.model.trainable)

@@ -1,4 +1,4 @@
-"""Scoring a corpus: NLG + CE metrics with bootstrap CIs, per-sample scores and a signature.
+"""Scoring a corpus: NLG, CE and grounded-finding metrics with CIs, per-sample scores, signature.
 
 :func:`score_corpus` is the one entry point for a system's outputs; :func:`compare_corpora`
 scores two systems on the same references (one METEOR process, one labeling of the references)
@@ -22,7 +22,7 @@ from tqdm import tqdm
 from s2d_align.chexpert import OBSERVATIONS
 from s2d_align.config.schema import EvalConfig
 from s2d_align.errors import DataError
-from s2d_align.evaluation import ce
+from s2d_align.evaluation import ce, grounded
 from s2d_align.evaluation.labelers.base import Labeler, Labels, get_labeler
 from s2d_align.evaluation.nlg import (
     NLG_METRICS,
@@ -91,7 +91,11 @@ class _Spec:
 
 
 def _specs(
-    nlg: NLGResult, pred_labels: Sequence[Labels], ref_labels: Sequence[Labels], mapping: str
+    nlg: NLGResult,
+    pred_labels: Sequence[Labels],
+    ref_labels: Sequence[Labels],
+    mapping: str,
+    grounded_stat: AdditiveStatistic,
 ) -> list[_Spec]:
     bleu = tuple(nlg.corpus[f"BLEU_{k}"] for k in range(1, 5))
     specs = [
@@ -117,6 +121,9 @@ def _specs(
     specs.append(
         _Spec(tuple(f"ce_f1/{o}" for o in OBSERVATIONS), obs, tuple(map(float, obs.value())))
     )
+    specs.append(
+        _Spec(grounded.GROUNDED_METRICS, grounded_stat, tuple(map(float, grounded_stat.value())))
+    )
     return specs
 
 
@@ -138,7 +145,12 @@ def _metrics(specs: list[_Spec], cfg: EvalConfig) -> dict[str, Metric]:
                 )
             else:
                 metrics[name] = Metric(spec.values[j])
-    ordered = [*NLG_METRICS, *ce.ce_cell_names(), *(f"ce_f1/{o}" for o in OBSERVATIONS)]
+    ordered = [
+        *NLG_METRICS,
+        *ce.ce_cell_names(),
+        *(f"ce_f1/{o}" for o in OBSERVATIONS),
+        *grounded.GROUNDED_METRICS,
+    ]
     return {name: metrics[name] for name in ordered}
 
 
@@ -149,6 +161,8 @@ def _per_sample(ids: list[str], nlg: NLGResult, specs: list[_Spec]) -> dict[str,
     for spec in specs:  # example-based CE is a per-report score
         if "/example/" in spec.names[0]:
             out[spec.names[2]] = dict(zip(ids, map(float, spec.stat.features[:, 2]), strict=True))
+        elif spec.names == grounded.GROUNDED_METRICS:  # counts: micro scores are not means
+            out.update(grounded.per_sample_counts(ids, spec.stat))
     return out
 
 
@@ -217,6 +231,7 @@ def _signature(cfg: EvalConfig, profile: Profile, labeler: Labeler, manifest_has
             "umap": mapping,
             "labels": labels,
             "avg": average,
+            "grounded": grounded.grounded_signature(),
             "ci": f"boot{cfg.bootstrap}-s{cfg.ci_seed}",
             "manifest": short_hash(manifest_hash),
         }
@@ -271,23 +286,22 @@ def _evaluate(
         if scorer is None:
             scorer = stack.enter_context(NLGScorer(tokenize=profile.ptb))
         labeler = labeler or get_labeler(cfg, progress=progress)
-        ce_refs = references if profile.ce_on_raw else refs
-        ref_labels = reference_labels(
-            labeler, ids, [ce_refs[i] for i in ids], profile, manifest_hash, cache_dir
-        )
-        pred_labels = [
-            _label(
-                labeler, [(raw if profile.ce_on_raw else prepared)[i] for i in ids], "predictions"
-            )
+        # CE labels and grounded findings read the same texts (raw for raw-v1)
+        ce_refs = [(references if profile.ce_on_raw else refs)[i] for i in ids]
+        ce_hyps = [
+            [(raw if profile.ce_on_raw else prepared)[i] for i in ids]
             for raw, prepared in zip(systems, hyps, strict=True)
         ]
+        ref_labels = reference_labels(labeler, ids, ce_refs, profile, manifest_hash, cache_dir)
+        pred_labels = [_label(labeler, texts, "predictions") for texts in ce_hyps]
+        grounded_stats = [grounded.grounded_statistic(texts, ce_refs) for texts in ce_hyps]
         step("labels")
         nlg_results = scorer.score(refs, hyps, tokenize=profile.ptb, on_step=step)
     signature = _signature(cfg, profile, labeler, manifest_hash)
     headline = "ce/" + "/".join(ce.parse_headline(cfg.headline))
     scored = []
-    for nlg, labels in zip(nlg_results, pred_labels, strict=True):
-        specs = _specs(nlg, labels, ref_labels, mapping)
+    for nlg, labels, grounded_stat in zip(nlg_results, pred_labels, grounded_stats, strict=True):
+        specs = _specs(nlg, labels, ref_labels, mapping, grounded_stat)
         scored.append((_metrics(specs, cfg), _per_sample(ids, nlg, specs), specs))
     step("bootstrap")
     timings["total"] = time.perf_counter() - start

@@ -3,7 +3,8 @@
 Example::
 
     profile:raw-v1|nlg:pycocoevalcap-1.2|tok:ptb|meteor:1.5|cider:idf=refs|ce:rules-1|ckpt:-|
-    umap:u0|labels:14|avg:micro|ci:boot1000-s0|manifest:3f2a9c1b7d4e|s2d:0.1.0
+    umap:u0|labels:14|avg:micro|grounded:grounded-v1+rules-1.0|ci:boot1000-s0|
+    manifest:3f2a9c1b7d4e|s2d:0.1.0
 
 (one line in practice). Two numbers are comparable only when their signatures agree on every
 field but ``s2d`` (and, for the CE fields, only the CE numbers depend on them). Fields:
@@ -14,6 +15,8 @@ field but ``s2d`` (and, for the CE fields, only the CE numbers depend on them). 
   CIDEr's IDF source (the evaluated references);
 - ``ce`` / ``ckpt``: labeler signature and the first 12 hex digits of its checkpoint's SHA-256;
 - ``umap`` / ``labels`` / ``avg``: the headline CE cell (uncertain mapping, label set, average);
+- ``grounded``: grounded finding F1 version and the analyser version it reads (it always uses
+  the rules analyser, whatever the CE labeler);
 - ``ci``: bootstrap resamples and seed of the intervals;
 - ``manifest``: first 12 hex digits of the test-set content hash (ids + report texts);
 - ``s2d``: the suite version.
@@ -30,7 +33,7 @@ __all__ = ["SIGNATURE_FIELDS", "format_signature", "parse_signature"]
 
 SIGNATURE_FIELDS = (
     "profile", "nlg", "tok", "meteor", "cider", "ce", "ckpt",
-    "umap", "labels", "avg", "ci", "manifest", "s2d",
+    "umap", "labels", "avg", "grounded", "ci", "manifest", "s2d",
 )  # fmt: skip
 
 

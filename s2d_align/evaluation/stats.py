@@ -200,3 +200,27 @@ def mean_sd(values: Sequence[float]) -> MeanSD:
         return MeanSD(mean, None, 1)
     sd = math.sqrt(sum((v - mean) ** 2 for v in data) / (len(data) - 1))
     return MeanSD(mean, sd, len(data))
+
+
+def auroc(scores: Sequence[float] | np.ndarray, positive: Sequence[bool] | np.ndarray) -> float:
+    """Area under the ROC curve by the rank (Mann-Whitney U) formula, ties sharing their mean
+    rank. NaN when ``positive`` holds only one class (the AUROC is undefined there)."""
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(positive, dtype=bool)
+    if s.shape != y.shape or s.ndim != 1:
+        raise ValueError(f"auroc needs two 1-d arrays of one length, got {s.shape}, {y.shape}")
+    n_pos = int(y.sum())
+    n_neg = len(y) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(len(s), dtype=np.float64)
+    sorted_s = s[order]
+    # Average ranks over ties: each run of equal scores gets the mean of its 1-based ranks.
+    bounds = np.flatnonzero(np.diff(sorted_s)) + 1
+    starts = np.concatenate(([0], bounds))
+    ends = np.concatenate((bounds, [len(s)]))
+    for a, b in zip(starts, ends, strict=True):
+        ranks[order[a:b]] = (a + b + 1) / 2.0
+    u = ranks[y].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))

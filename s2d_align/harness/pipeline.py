@@ -14,11 +14,14 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from s2d_align.config import Config
 from s2d_align.harness.spec import RunArtifacts, RunSpec, Scored, SplitReferences, TrainSummary
 from s2d_align.utils.io import read_jsonl
+
+if TYPE_CHECKING:
+    from s2d_align.inference.diagnostics import RunDiagnostics
 
 
 class _IntermediateReporter:
@@ -78,6 +81,11 @@ def train_and_generate(
         split: generate_split(run_dir, split, progress=progress, cache_root=cache_root)
         for split in splits
     }
+    diagnostics = {
+        split: run_split_diagnostics(spec, run_dir, split, progress=progress, cache_root=cache_root)
+        for split in splits
+        if split in DIAGNOSTIC_SPLITS
+    }
     return RunArtifacts(
         train=TrainSummary(
             steps=result.total_steps,
@@ -87,6 +95,29 @@ def train_and_generate(
         ),
         predictions=predictions,
         generate_wall_s=time.perf_counter() - start,
+        diagnostics={split: d.values for split, d in diagnostics.items()},
+        permuted_predictions={split: d.permuted_rows for split, d in diagnostics.items()},
+    )
+
+
+#: Splits whose per-run diagnostics are measured: the reported one only (a second generation
+#: per run; sweeps, which generate val only, pay nothing).
+DIAGNOSTIC_SPLITS = ("test",)
+
+
+def run_split_diagnostics(
+    spec: RunSpec, run_dir: Path, split: str, *, progress: bool, cache_root: Path | None
+) -> RunDiagnostics:
+    """``s2d_align.inference.diagnostics.run_diagnostics`` with the run's own labeler."""
+    from s2d_align.evaluation.labelers import get_labeler
+    from s2d_align.inference.diagnostics import run_diagnostics
+
+    return run_diagnostics(
+        run_dir,
+        split,
+        labeler=get_labeler(spec.config.eval),
+        progress=progress,
+        cache_root=cache_root,
     )
 
 

@@ -4,13 +4,20 @@ A run is identified by (preset, variant, seed, resolved-config hash). Its store 
 runner what is left to do: a ``complete`` run is skipped; a run interrupted during training is
 handed back to ``run_fn`` (which resumes from the run dir's last checkpoint); a split that was
 already scored is not scored again. The test split is scored at most once per run and every
-test scoring is logged (the test-set lock); sweeps may not request it at all.
+test scoring is logged (the test-set lock); sweeps may not request it at all. A run's per-run
+diagnostics (``RunArtifacts.diagnostics``) are recorded as ``diag/...`` metrics of their split;
+the test predictions made with permuted images (image dependence) are scored in the same test
+evaluation, under the same lock check, before anything of it is recorded, so the one logged
+test evaluation covers both and neither can be repeated.
 
 ``run_grid(jobs=N)`` runs N grid cells at a time in spawned worker processes, each with its own
 store connection and scorer (one METEOR process per worker for its whole life) and, with CUDA,
 its own GPU (worker k sees only visible device k mod #GPUs). The one-time
 caches (data, tokenizer, tiny-LM pre-training) are built once in this process first. A run's
 result does not depend on ``jobs``: every run trains in one process from its own seed.
+
+An ``ablate`` grid first records its reference rows (``harness.references``: all-normal,
+nn-retrieval, oracle-paraphrase), in this process, after the shared caches, once per data.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from s2d_align.harness.spec import (
     RunArtifacts,
     RunFn,
     RunSpec,
+    Scored,
     Scorer,
     SplitReferences,
     preset_label,
@@ -60,6 +68,7 @@ class GridReport:
     executed: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    references: dict[str, str] = field(default_factory=dict)  # reference row id -> outcome
 
     @property
     def ok(self) -> bool:
@@ -115,7 +124,12 @@ class Runner:
         cache_root: str | Path | None = None,
         progress: bool = True,
         prepare_fn: Callable[..., None] | None = None,
+        reference_source: Any = None,
+        references: bool = True,
     ):
+        """``reference_source`` makes the reference rows (``harness.references``); by default
+        the real one when the real pipeline runs, none with injected fakes. ``references=False``
+        records none."""
         self.store = store
         self.results_dir = Path(results_dir)
         self.cache_root = Path(cache_root) if cache_root is not None else self.results_dir / "cache"
@@ -131,6 +145,12 @@ class Runner:
         self.scorer = scorer
         self.prepare_fn = prepare_fn
         self._refs: dict[tuple[str, str], SplitReferences] = {}
+        self._prepared: set[str] = set()
+        if reference_source is None and references and self._injected[1] is None:
+            from s2d_align.harness.references import PipelineReferences
+
+            reference_source = PipelineReferences(self.cache_root, progress=progress)
+        self.reference_source = reference_source if references else None
 
     def _warm_up(self) -> None:
         warm_up = getattr(self.scorer, "warm_up", None)
@@ -199,7 +219,14 @@ class Runner:
             )
             score_wall = 0.0
             for split in todo:
-                score_wall += self._score_split(spec, run_dir, split, artifacts.predictions[split])
+                score_wall += self._score_split(
+                    spec,
+                    run_dir,
+                    split,
+                    artifacts.predictions[split],
+                    diagnostics=artifacts.diagnostics.get(split),
+                    permuted=artifacts.permuted_predictions.get(split),
+                )
         except KeyboardInterrupt:
             raise
         except BaseException as exc:
@@ -220,13 +247,38 @@ class Runner:
         )
         return spec.run_id
 
+    def prepare_shared(self, spec: RunSpec) -> None:
+        """Build the caches ``spec`` shares with its grid (data, tokenizer, LM) once per runner."""
+        cfg = spec.config  # what the caches depend on: data, LLM, prompt templates
+        key = repr((cfg.data, cfg.model.llm, cfg.prompt))
+        if self.prepare_fn is not None and key not in self._prepared:
+            self.prepare_fn(spec, self.cache_root, progress=self.progress)
+            self._prepared.add(key)
+
+    def reference_rows(self, specs: Sequence[RunSpec]) -> dict[str, str]:
+        """Record the reference rows an ``ablate`` grid lacks (``harness.references``)."""
+        if self.reference_source is None:
+            return {}
+        from s2d_align.harness.references import record_reference_rows
+
+        return record_reference_rows(self, specs, self.reference_source)
+
     def references(self, spec: RunSpec, split: str) -> SplitReferences:
         key = (spec.config.data.__repr__(), split)
         if key not in self._refs:
             self._refs[key] = self.scorer.references(spec.config, split)
         return self._refs[key]
 
-    def _score_split(self, spec: RunSpec, run_dir: Path, split: str, rows: list[dict]) -> float:
+    def _score_split(
+        self,
+        spec: RunSpec,
+        run_dir: Path,
+        split: str,
+        rows: list[dict],
+        *,
+        diagnostics: dict[str, float] | None = None,
+        permuted: list[dict] | None = None,
+    ) -> float:
         if split == "test":
             if spec.purpose == "sweep":
                 raise TestSetLockError(f"{spec.run_id}: a sweep tried to score the test split")
@@ -237,6 +289,9 @@ class Runner:
         predictions = {str(r["id"]): str(r["prediction"]) for r in rows}
         start = time.perf_counter()
         scored = self.scorer.score(spec.config, split, predictions, refs)
+        diag = dict(diagnostics or {})
+        if permuted is not None:  # scored before anything is recorded: one evaluation covers both
+            diag.update(self._image_dependence(spec, run_dir, split, permuted, refs, scored))
         wall = time.perf_counter() - start
         self.store.record_predictions(spec.run_id, split, rows, scored.prediction_labels)
         self.store.record_references(
@@ -251,7 +306,36 @@ class Runner:
             wall_s=wall,
             purpose=spec.purpose,
         )
+        if diag:
+            from s2d_align.inference.diagnostics import higher_is_better
+
+            directions = {name: higher_is_better(name) for name in diag}
+            self.store.record_metrics(spec.run_id, split, diag, higher_is_better=directions)
         return wall
+
+    def _image_dependence(
+        self,
+        spec: RunSpec,
+        run_dir: Path,
+        split: str,
+        rows: list[dict],
+        refs: SplitReferences,
+        real: Scored,
+    ) -> dict[str, float]:
+        """Score the predictions made with permuted images like the real ones; the drop of the
+        CE headline cell is the run's image dependence."""
+        write_jsonl(run_dir / "predictions" / f"{split}.permuted.jsonl", rows)
+        predictions = {str(r["id"]): str(r["prediction"]) for r in rows}
+        permuted = self.scorer.score(spec.config, split, predictions, refs)
+        headline = str(getattr(real.report, "headline", "") or "")
+        if headline not in real.report.metrics or headline not in permuted.report.metrics:
+            log.warning("%s: no CE headline %r to measure image dependence", spec.run_id, headline)
+            return {}
+        value = float(permuted.report.metrics[headline].value)
+        return {
+            "diag/image_dependence": float(real.report.metrics[headline].value) - value,
+            f"diag/permuted/{headline}": value,
+        }
 
     # -- the grid ------------------------------------------------------------------------------
     def run_grid(
@@ -272,6 +356,12 @@ class Runner:
         bar = _grid_bar(len(specs), self.progress)
         bar.update(len(report.skipped))
         try:
+            report.references = self.reference_rows(specs)  # once per grid, before any training
+            for run_id, outcome in report.references.items():
+                if outcome.startswith("failed: "):
+                    report.failed[run_id] = outcome[len("failed: ") :]
+                    if stop_on_error:
+                        raise S2DError(f"reference row {run_id} {outcome}")
             if jobs > 1 and len(todo) > 1:
                 self._run_parallel(todo, min(jobs, len(todo)), report, bar, stop_on_error)
             else:
@@ -298,14 +388,8 @@ class Runner:
     def _run_parallel(
         self, todo: list[RunSpec], jobs: int, report: GridReport, bar, stop_on_error: bool
     ) -> None:
-        if self.prepare_fn is not None:
-            prepared: set[str] = set()
-            for spec in todo:  # build shared caches once, before the workers race for them
-                cfg = spec.config  # what the caches depend on: data, LLM, prompt templates
-                key = repr((cfg.data, cfg.model.llm, cfg.prompt))
-                if key not in prepared:
-                    self.prepare_fn(spec, self.cache_root, progress=self.progress)
-                    prepared.add(key)
+        for spec in todo:  # build shared caches once, before the workers race for them
+            self.prepare_shared(spec)
         ctx = mp.get_context("spawn")  # safe with torch and CUDA; fork is not
         gpus = _visible_gpus()
         devices = None

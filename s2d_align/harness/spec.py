@@ -98,7 +98,12 @@ class RunArtifacts:
 
     train: TrainSummary
     predictions: dict[str, list[dict[str, Any]]]
-    generate_wall_s: float = 0.0
+    generate_wall_s: float = 0.0  # generation of every split, diagnostics' included
+    # Per split: ``diag/...`` values measured by run_fn (``s2d_align.inference.diagnostics``),
+    # and the split's predictions with images permuted across studies, which the runner scores
+    # with the same scorer (image dependence). Both optional: fakes and sweeps leave them empty.
+    diagnostics: dict[str, dict[str, float]] = field(default_factory=dict)
+    permuted_predictions: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
 
 @dataclass

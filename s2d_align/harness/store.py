@@ -338,6 +338,36 @@ class Store:
                     )
                 )
 
+    def record_metrics(
+        self,
+        run_id: str,
+        split: str,
+        values: Mapping[str, float],
+        *,
+        higher_is_better: Mapping[str, bool],
+    ) -> None:
+        """Add (or replace, by name) metrics of a split that was already scored, e.g. per-run
+        diagnostics; the split's other metrics and its evaluation log stay as they are."""
+        missing = sorted(set(values) - set(higher_is_better))
+        if missing:
+            raise ValueError(f"record_metrics: no direction for {missing}")
+        with self.session() as s, s.begin():
+            s.execute(
+                delete(Metric).where(
+                    Metric.run_id == run_id, Metric.split == split, Metric.name.in_(list(values))
+                )
+            )
+            s.add_all(
+                Metric(
+                    run_id=run_id,
+                    split=split,
+                    name=name,
+                    value=float(value),
+                    higher_is_better=bool(higher_is_better[name]),
+                )
+                for name, value in values.items()
+            )
+
     def metrics(self, run_id: str, split: str) -> dict[str, Metric]:
         with self.session() as s:
             rows = s.scalars(select(Metric).where(Metric.run_id == run_id, Metric.split == split))

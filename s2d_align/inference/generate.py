@@ -2,9 +2,9 @@
 
 Contexts (``inference.context`` or ``context=``): ``image``; ``image+reference`` (the top-k train
 reports retrieved when the run was trained); ``image+reference+predicted_keyphrases`` (the
-key-phrase head's phrases at the threshold tuned on val); ``oracle_keyphrases`` (phrases from the
-study's own reference report: an upper bound for analysis, never a result to report as the
-method's). ``auto`` is the richest context the run trained with, never the oracle.
+key-phrase head's phrases at the per-phrase thresholds tuned on val); ``oracle_keyphrases``
+(phrases from the study's own reference report: an upper bound for analysis, never a result to
+report as the method's). ``auto`` is the richest context the run trained with, never the oracle.
 
 Rows are ``{"id", "prediction", "reference_ids", "keyphrases", "context"}``; ``s2d-align score``
 reads ``id`` and ``prediction``. With several processes each generates a shard and the rows are
@@ -35,7 +35,14 @@ from s2d_align.training.collate import (
 )
 from s2d_align.training.data import Item, StudyDataset, load_run_annotation
 from s2d_align.training.distributed import Dist, torch_threads
-from s2d_align.training.keyphrases import decode_multi_hot, extract_keyphrases, in_vocab, load_vocab
+from s2d_align.training.keyphrases import (
+    THRESHOLD_FILE,
+    decode_multi_hot,
+    load_vocab,
+    load_vocab_source,
+    oracle_keyphrases,
+    phrase_thresholds,
+)
 from s2d_align.training.predict import (
     generate_rows,
     load_threshold,
@@ -125,26 +132,32 @@ def _check_context(run: LoadedRun, ctx: InferenceContext) -> None:
         )
 
 
-def _threshold(run: LoadedRun, cache_root: Path | None, progress: bool) -> float:
+def keyphrase_thresholds(
+    run: LoadedRun, cache_root: Path | None = None, progress: bool = False
+) -> np.ndarray:
+    """The run's per-phrase thresholds ``[K]`` (vocabulary order), tuned on val when the run
+    folder has none yet (an old single-threshold file gives every phrase its value)."""
     record = load_threshold(run.run_dir)
     if record is None:  # tuned on val, never on the split being generated
         ann = load_run_annotation(run.cfg, cache_root or default_cache_root())
         val = StudyDataset(
             ann.split("val"), image_size=run.cfg.data.image_size, max_views=run.cfg.data.max_views
         )
-        oracle = extract_keyphrases({s.id: s.report for s in val.studies})
+        oracle = oracle_keyphrases(
+            {s.id: s.report for s in val.studies}, run.vocab, load_vocab_source(run.run_dir)
+        )
         record = tune_keyphrase_threshold(
             run.model,
             val,
             run.builder,
-            {sid: in_vocab(p, run.vocab) for sid, p in oracle.items()},
+            oracle,
             run.run_dir,
             dist=run.dist,
             batch_size=run.cfg.inference.batch_size,
             autocast=run.autocast,
             progress=progress,
         )
-    return float(record["threshold"])
+    return phrase_thresholds(record, run.vocab, where=str(run.run_dir / THRESHOLD_FILE))
 
 
 def generate_split(
@@ -156,16 +169,40 @@ def generate_split(
     out: str | Path | None = None,
     cache_root: Path | None = None,
     dist: Dist | None = None,
+    permute_images: bool = False,
 ) -> list[dict[str, Any]]:
     """Generate a report for every study of ``split``; rows in split order (written to ``out``
-    as JSONL by the main process, when given)."""
+    as JSONL by the main process, when given).
+
+    ``permute_images``: every study is shown another study's pixels (a fixed derangement, see
+    :func:`s2d_align.inference.diagnostics.permute_images`) while its prompt, references and
+    key phrases stay its own; rows then name the donor study in ``image_id``.
+    """
     cfg = load_run_config(Path(run_dir))
     with torch_threads(cfg.train.num_threads):
-        return _generate_split(run_dir, split, context, progress, out, cache_root, dist)
+        run = load_run(run_dir, dist=dist, cache_root=cache_root)
+        return generate_loaded(
+            run,
+            split,
+            context=context,
+            progress=progress,
+            out=out,
+            cache_root=cache_root,
+            permute_images=permute_images,
+        )
 
 
-def _generate_split(run_dir, split, context, progress, out, cache_root, dist):
-    run = load_run(run_dir, dist=dist, cache_root=cache_root)
+def generate_loaded(
+    run: LoadedRun,
+    split: str,
+    *,
+    context: str | None = None,
+    progress: bool = True,
+    out: str | Path | None = None,
+    cache_root: Path | None = None,
+    permute_images: bool = False,
+) -> list[dict[str, Any]]:
+    """:func:`generate_split` with a run already loaded (several passes share one model)."""
     ctx = resolve_inference_context(run.cfg, context)
     _check_context(run, ctx)
     ann = load_run_annotation(run.cfg, cache_root or default_cache_root())
@@ -188,10 +225,11 @@ def _generate_split(run_dir, split, context, progress, out, cache_root, dist):
         store.reference_reports = dict(zip(index.ids, index.reports, strict=True))
         store.references = dict(neighbours[split])
     if ctx.keyphrases == "oracle":
-        oracle = extract_keyphrases({s.id: s.report for s in studies})
-        store.keyphrases = {sid: in_vocab(p, run.vocab) for sid, p in oracle.items()}
+        store.keyphrases = oracle_keyphrases(
+            {s.id: s.report for s in studies}, run.vocab, load_vocab_source(run.run_dir)
+        )
     elif ctx.keyphrases == "predicted":
-        threshold = _threshold(run, cache_root, progress)
+        threshold = keyphrase_thresholds(run, cache_root, progress)
         store.predicted = predicted_keyphrases(
             run.model,
             dataset,
@@ -202,9 +240,14 @@ def _generate_split(run_dir, split, context, progress, out, cache_root, dist):
             autocast=run.autocast,
             progress=progress,
         )
+    shown = dataset
+    if permute_images:  # after the key phrases: those were predicted from the study's own image
+        from s2d_align.inference.diagnostics import permute_images as permuted
+
+        shown = permuted(dataset)
     rows = generate_rows(
         run.model,
-        dataset,
+        shown,
         run.builder,
         store,
         ctx,
@@ -213,6 +256,9 @@ def _generate_split(run_dir, split, context, progress, out, cache_root, dist):
         autocast=run.autocast,
         progress=progress,
     )
+    if permute_images:
+        for row, donor in zip(rows, shown.image_ids, strict=True):
+            row["image_id"] = donor
     if out is not None and run.dist.is_main:
         write_jsonl(out, rows)
     run.dist.barrier()
@@ -280,7 +326,7 @@ def _generate_for_images(run_dir, image_paths, context, cache_root) -> str:
         store.reference_reports = dict(zip(index.ids, index.reports, strict=True))
         store.references = {item.study.id: index.query(pooled.cpu(), run.cfg.retrieval.k)[0]}
     if ctx.keyphrases == "predicted":
-        threshold = _threshold(run, cache_root, progress=False)
+        threshold = keyphrase_thresholds(run, cache_root, progress=False)
         probe = Collator(run.builder, ContextStore(), [StageContext()], generate=True)
         with torch.no_grad(), run.autocast():
             probs = run.model.predict_keyphrases(batch_to(probe(batch_items), device))[0]

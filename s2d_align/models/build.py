@@ -47,7 +47,7 @@ def build_model(
         num_views=cfg.data.max_views,
         keyphrase_vocab=keyphrase_vocab,
         image_size=cfg.data.image_size,
-        stage_trainables=[s.trainable for s in cfg.stages],
+        stage_trainables=[cfg.stage_trainable(s) for s in cfg.stages],
     )
 
 

@@ -2,8 +2,9 @@
 
 A learnable bank ``M`` (S slots x d) is read by the projected visual tokens with multi-head
 cross-attention (queries from the tokens, keys and values from ``M``) and added back through a
-gate: ``X' = X + tanh(g) * Attn(X, M, M)``. ``g`` starts at 0, so at initialisation the adapter is
-the identity and a pretrained LLM sees exactly the projector's tokens. With ``gate=False`` the
+gate: ``X' = X + tanh(g) * Attn(X, M, M)``. ``g`` starts at ``gate_init`` (0 by default, so at
+initialisation the adapter is the identity and a pretrained LLM sees exactly the projector's
+tokens). With ``gate=False`` the
 factor is the constant 1 (a plain residual add, the read is felt from the first step).
 
 With ``topk > 0`` every query (per head) attends to its k highest-scoring slots only: the other
@@ -23,7 +24,14 @@ from s2d_align.errors import ConfigError
 
 class MemoryAdapter(nn.Module):
     def __init__(
-        self, dim: int, slots: int, num_heads: int, *, topk: int = 0, gate: bool = True
+        self,
+        dim: int,
+        slots: int,
+        num_heads: int,
+        *,
+        topk: int = 0,
+        gate: bool = True,
+        gate_init: float = 0.0,
     ) -> None:
         super().__init__()
         if dim % num_heads:
@@ -42,20 +50,22 @@ class MemoryAdapter(nn.Module):
         self.v_proj = nn.Linear(dim, dim)
         self.o_proj = nn.Linear(dim, dim)
         # gate=False: no parameter at all, the factor is the constant 1 (see module docstring).
-        self.gate = nn.Parameter(torch.zeros(1)) if gate else None
+        self.gate = nn.Parameter(torch.full((1,), float(gate_init))) if gate else None
         self.reset()
 
     @torch.no_grad()
     def reset(self, generator: torch.Generator | None = None) -> None:
-        """Re-initialise the bank, the projections and the gate (g = 0): a fresh adapter."""
+        """Re-initialise the bank and the read (norm, projections): fresh memory content.
+
+        The gate keeps its value: a reset tests "memory not carried over", so the fresh memory
+        must be read as strongly as the old one was, not switched off.
+        """
         nn.init.normal_(self.bank, mean=0.0, std=1.0, generator=generator)
         for lin in (self.q_proj, self.k_proj, self.v_proj, self.o_proj):
             nn.init.kaiming_uniform_(lin.weight, a=math.sqrt(5), generator=generator)
             bound = 1.0 / math.sqrt(lin.in_features)
             nn.init.uniform_(lin.bias, -bound, bound, generator=generator)
         self.query_norm.reset_parameters()
-        if self.gate is not None:
-            self.gate.zero_()
 
     def gate_factor(self) -> torch.Tensor | float:
         return 1.0 if self.gate is None else torch.tanh(self.gate)

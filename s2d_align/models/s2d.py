@@ -104,7 +104,9 @@ class S2DModel(nn.Module):
         self.llm = apply_lora(llm, cfg.lora) if self.lora_llm else llm
         mem = cfg.memory
         self.memory = (
-            MemoryAdapter(dim, mem.slots, mem.num_heads, topk=mem.topk, gate=mem.gate)
+            MemoryAdapter(
+                dim, mem.slots, mem.num_heads, topk=mem.topk, gate=mem.gate, gate_init=mem.gate_init
+            )
             if mem.enabled
             else None
         )
@@ -115,6 +117,8 @@ class S2DModel(nn.Module):
 
     def encode(self, pixel_values: torch.Tensor, view_mask: torch.Tensor) -> EncodedImages:
         device = self._device()
+        if self.cfg.image_input == "constant":  # image-blind control: one grey image for all
+            pixel_values = torch.full_like(pixel_values, 0.5)
         vis = self.vision(pixel_values.to(device), view_mask.to(device))
         tokens = self.projector(vis.tokens)
         read = None
@@ -248,9 +252,16 @@ class S2DModel(nn.Module):
             self.train(was_training)
 
     def reset_memory(self, generator: torch.Generator | None = None) -> None:
-        """Re-initialise the memory adapter (bank, projections, gate = 0); no-op without memory."""
+        """Re-initialise the memory content (bank, read projections; the gate is kept);
+        no-op without memory."""
         if self.memory is not None:
             self.memory.reset(generator)
+
+    def gate_value(self) -> float | None:
+        """tanh(g) of the memory gate (None without memory or without a gate)."""
+        if self.memory is None or self.memory.gate is None:
+            return None
+        return float(torch.tanh(self.memory.gate.detach()).item())
 
     # ------------------------------------------------------------------ trainability
     def component(self, name: str) -> nn.Module | None:

@@ -62,6 +62,15 @@ def build_tiny_vit(cfg: VisionConfig, image_size: int) -> nn.Module:
     return ViTModel(config, add_pooling_layer=False)
 
 
+def build_tiny_backbone(cfg: VisionConfig, image_size: int) -> nn.Module:
+    """The tiny tower named by ``cfg.arch``: a ViT or a small CNN (see ``models.tiny_cnn``)."""
+    if cfg.arch == "cnn":
+        from s2d_align.models.tiny_cnn import TinyCNN
+
+        return TinyCNN(cfg, image_size)
+    return build_tiny_vit(cfg, image_size)
+
+
 def load_pretrained_backbone(path: str | Path) -> tuple[nn.Module, tuple, tuple]:
     """Load a vision backbone from a local folder; returns (module, mean, std).
 
@@ -108,7 +117,7 @@ class VisionEncoder(nn.Module):
             raise ConfigError(f"num_views must be >= 1, got {num_views}")
         self.num_views = num_views
         if cfg.source == "tiny":
-            self.backbone = build_tiny_vit(cfg, image_size)
+            self.backbone = build_tiny_backbone(cfg, image_size)
             mean, std = (0.5,), (0.5,)
         else:
             self.backbone, mean, std = load_pretrained_backbone(cfg.path)

@@ -36,7 +36,7 @@ class RunState:
     stage_index: int = 0  # stage being trained (or just finished, when stage_done)
     stage_step: int = 0  # optimizer steps done in that stage
     stage_done: bool = False
-    micro_batches: int = 0  # micro-batches the stage's sampler has handed out
+    micro_batches: int = 0  # micro-batches the run's one data order has handed out (all stages)
     global_step: int = 0  # optimizer steps over the whole run
     target_tokens: int = 0  # tokens seen (labels != -100), all processes
     input_tokens: int = 0  # text tokens fed (prompt + target, no padding), all processes

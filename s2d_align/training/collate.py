@@ -82,14 +82,16 @@ class InferenceContext:
 def resolve_inference_context(
     cfg: Config, requested: str | None = None, *, stages: Sequence[StageConfig] | None = None
 ) -> InferenceContext:
-    """The context to generate with; ``auto`` is the richest one the stages (all of ``cfg``'s,
-    or ``stages``) trained with, with predicted (never oracle) key phrases, and only when a
-    key-phrase head was trained."""
+    """The context to generate with. ``auto`` is the one the final weights were trained for:
+    the last of the stages' context (all of ``cfg``'s, or ``stages``; in multitask mode, the
+    richest of them), with predicted (never oracle) key phrases, and only when a key-phrase head
+    was trained. A reversed curriculum whose last stage is image-only is tested image-only."""
     name = requested or cfg.inference.context
     stages = cfg.stages if stages is None else stages
     if name == "auto":
-        with_ref = any("reference" in s.context for s in stages)
-        with_kp = any("keyphrases" in s.context for s in stages)
+        final = list(stages) if cfg.train.mode == "multitask" else list(stages)[-1:]
+        with_ref = any("reference" in s.context for s in final)
+        with_kp = any("keyphrases" in s.context for s in final)
         head = any(s.lambda_kp > 0 for s in stages)
         if with_kp and head:
             name = "image+reference+predicted_keyphrases"
@@ -190,11 +192,13 @@ class Collator:
             raise ValueError(f"a batch mixes signal sets {sorted(mixes)}")
         return self.contexts[mixes.pop()]
 
-    def _prompt_parts(self, item: Item, ctx: StageContext) -> tuple[str | None, list[str]]:
+    def _prompt_parts(self, item: Item, ctx: StageContext) -> tuple[str | None, list[str] | None]:
         sid = item.study.id
         reference = self.store.reference_text(sid) if ctx.reference else None
+        # None: no key-phrase part at all; [] renders as "Key phrases: none" (a normal study).
+        phrases: list[str] | None
         if ctx.keyphrases == "none":
-            phrases: list[str] = []
+            phrases = None
         elif ctx.keyphrases == "predicted":
             phrases = self.store.predicted.get(sid, [])
         else:
@@ -202,7 +206,7 @@ class Collator:
             if not self.generate and keyphrase_dropped(
                 self.seed, ctx.name, item.epoch, sid, ctx.keyphrase_dropout
             ):
-                phrases = []
+                phrases = None
         return reference, phrases
 
     def _aux_text(self, item: Item, ctx: StageContext) -> str:

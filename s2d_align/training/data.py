@@ -1,7 +1,9 @@
 """Training data: the run's studies, their images (cached as uint8 when small) and batch order.
 
-The batch order is a pure function of (seed, stage, micro-batch number): a seeded permutation per
-epoch, cut into global batches, of which each process takes every ``world``-th row. Resuming a
+The batch order is a pure function of (seed, micro-batch number): a seeded permutation per epoch,
+cut into global batches, of which each process takes every ``world``-th row. The micro-batch
+number runs over the whole run, so stages continue one data order and every variant of a grid
+sees the same samples at the same global steps. Resuming a
 run therefore only needs the number of micro-batches consumed, not a pickled iterator.
 """
 
@@ -114,6 +116,13 @@ class StudyDataset(Dataset):
         for i, study in enumerate(bar):
             self._pixels[i], self._views[i] = self._load(study)
 
+    def pixel_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """All studies' pixels (uint8 ``[N, V, H, W]``) and view counts ``[N]``."""
+        if self._pixels is None or self._views is None:
+            self._preload(progress=False)
+        assert self._pixels is not None and self._views is not None
+        return self._pixels, self._views
+
     def __len__(self) -> int:
         return len(self.studies)
 
@@ -149,7 +158,6 @@ class ResumableBatchSampler(Sampler[list[tuple[int, int, int]]]):
         batch_size: int,
         *,
         seed: int,
-        stage_index: int,
         rank: int = 0,
         world: int = 1,
         start: int = 0,
@@ -164,7 +172,7 @@ class ResumableBatchSampler(Sampler[list[tuple[int, int, int]]]):
                 f"train.batch_size={batch_size} must be >= the number of processes ({world})"
             )
         self.n, self.batch_size = n, batch_size
-        self.seed, self.stage_index = seed, stage_index
+        self.seed = seed
         self.rank, self.world = rank, world
         self.start = start
         self.mix_weights = tuple(mix_weights)
@@ -173,7 +181,7 @@ class ResumableBatchSampler(Sampler[list[tuple[int, int, int]]]):
     def global_batch(self, micro_batch: int) -> tuple[np.ndarray, int]:
         """Row indices of global micro-batch ``micro_batch`` and its epoch."""
         epoch, offset = divmod(micro_batch, self.per_epoch)
-        perm = np.random.default_rng([self.seed, self.stage_index, epoch]).permutation(self.n)
+        perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
         return perm[offset * self.batch_size : (offset + 1) * self.batch_size], epoch
 
     def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:

@@ -66,10 +66,11 @@ class StagePlan:
         return any(c.needs_keyphrases for c in self.contexts)
 
 
-def _most_trainable(stages: Sequence[StageConfig]) -> Trainable:
+def _most_trainable(cfg: Config, stages: Sequence[StageConfig]) -> Trainable:
+    resolved = [cfg.stage_trainable(s) for s in stages]
     parts = {}
     for part in ("vision", "projector", "memory", "llm", "keyphrase_head"):
-        parts[part] = max((getattr(s.trainable, part) for s in stages), key=_RANK.__getitem__)
+        parts[part] = max((getattr(t, part) for t in resolved), key=_RANK.__getitem__)
     return Trainable(**parts)
 
 
@@ -97,7 +98,7 @@ def plan_stages(cfg: Config) -> list[StagePlan]:
                 weights=tuple(s.step_fraction for s in cfg.stages),
                 steps=cfg.train.total_steps,
                 first_step=0,
-                trainable=_most_trainable(cfg.stages),
+                trainable=_most_trainable(cfg, cfg.stages),
                 reset_memory=cfg.stages[0].reset_memory,
             )
         ]
@@ -117,7 +118,7 @@ def plan_stages(cfg: Config) -> list[StagePlan]:
                 weights=(1.0,),
                 steps=steps,
                 first_step=first,
-                trainable=stage.trainable,
+                trainable=cfg.stage_trainable(stage),
                 reset_memory=stage.reset_memory,
             )
         )
@@ -134,13 +135,19 @@ def lr_multiplier(step: int, total_steps: int, warmup_steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: decay on weight matrices only (see ``_NO_DECAY_NAMES``)."""
-    decay, no_decay = [], []
+def parameter_groups(
+    model: torch.nn.Module, weight_decay: float, *, gate_lr: float | None = None
+) -> list[dict[str, Any]]:
+    """AdamW groups: decay on weight matrices only (see ``_NO_DECAY_NAMES``); the memory gate
+    in a group of its own at ``gate_lr`` when given (``model.memory.gate_lr_scale``)."""
+    decay, no_decay, gate = [], [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         lowered = name.lower()
+        if gate_lr is not None and lowered.endswith("memory.gate"):
+            gate.append(p)
+            continue
         if (
             p.ndim < 2
             or any(key in lowered for key in _NO_DECAY_NAMES)
@@ -152,6 +159,8 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[s
     groups = [{"params": decay, "weight_decay": weight_decay}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
+    if gate:
+        groups.append({"params": gate, "weight_decay": 0.0, "lr": gate_lr})
     return groups
 
 
@@ -238,7 +247,8 @@ def train_stage(
     cfg, model, dist = env.cfg.train, env.model, env.dist
     fresh = state.stage_step == 0 and resume is None
     if fresh:
-        state.micro_batches = 0
+        # micro_batches is NOT reset: every stage continues one data order, so all variants see
+        # the same samples at the same global steps (compute and data matching).
         state.stage_done = False
         if plan.reset_memory:
             gen = torch.Generator().manual_seed(env.cfg.seed * 1009 + plan.index)
@@ -248,7 +258,13 @@ def train_stage(
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ConfigError(f"stage {plan.name!r}: nothing is trainable (every part frozen)")
-    optimizer = torch.optim.AdamW(parameter_groups(model, cfg.weight_decay), lr=cfg.lr)
+    gate_scale = env.cfg.model.memory.gate_lr_scale
+    optimizer = torch.optim.AdamW(
+        parameter_groups(
+            model, cfg.weight_decay, gate_lr=cfg.lr * gate_scale if gate_scale != 1.0 else None
+        ),
+        lr=cfg.lr,
+    )
     warmup = round(cfg.warmup_fraction * cfg.total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
@@ -330,6 +346,7 @@ def train_stage(
                     "losses": {k: v / cfg.grad_accum for k, v in totals.items()},
                     "lr": lr,
                     "grad_norm": grad_norm,
+                    "gate": model.gate_value(),
                     "samples": rows,
                     "target_tokens": target_tokens,
                     "tokens_seen": state.target_tokens,

@@ -24,7 +24,14 @@ from s2d_align.training.checkpoint import RunState, latest_checkpoint, load_chec
 from s2d_align.training.collate import Collator, ContextStore, resolve_inference_context
 from s2d_align.training.data import ResumableBatchSampler, StudyDataset, load_run_annotation
 from s2d_align.training.distributed import Dist, torch_threads
-from s2d_align.training.keyphrases import build_vocab, extract_keyphrases, in_vocab, save_vocab
+from s2d_align.training.keyphrases import (
+    build_vocab,
+    extract_keyphrases,
+    oracle_keyphrases,
+    phrase_thresholds,
+    save_vocab,
+    vocab_keyphrases,
+)
 from s2d_align.training.loop import LOG_FILE, LoopEnv, StagePlan, StepInfo, plan_stages, train_stage
 from s2d_align.training.predict import (
     generate_rows,
@@ -32,6 +39,7 @@ from s2d_align.training.predict import (
     tune_keyphrase_threshold,
 )
 from s2d_align.training.prompts import PromptBuilder
+from s2d_align.training.vision_init import initial_vision_state
 from s2d_align.training.retrieval import (
     RETRIEVAL_DIR,
     build_references,
@@ -146,8 +154,9 @@ class _IntermediateEval:
         )
         if ctx.keyphrases == "predicted":
             if self._oracle is None:
-                oracle = extract_keyphrases({s.id: s.report for s in val.studies})
-                self._oracle = {sid: in_vocab(p, self.vocab) for sid, p in oracle.items()}
+                self._oracle = oracle_keyphrases(
+                    {s.id: s.report for s in val.studies}, self.vocab, cfg.model.keyphrase_source
+                )
             record = tune_keyphrase_threshold(
                 self.model,
                 val,
@@ -163,7 +172,7 @@ class _IntermediateEval:
                 self.model,
                 val,
                 self.builder,
-                record["threshold"],
+                phrase_thresholds(record, self.vocab),
                 dist=dist,
                 batch_size=cfg.inference.batch_size,
                 autocast=self.env.autocast,
@@ -188,8 +197,8 @@ def _truncate_log(run_dir: Path, step: int) -> None:
 
 def prepare_shared(cfg: Config, cache_root: Path, *, progress: bool = False) -> None:
     """Build the one-time parts every run of ``cfg``'s data and LLM shares, in ``cache_root``:
-    the dataset (SynthCXR is generated), the tokenizer, the tiny LM's text pre-training, or the
-    de-quantised copy of a GGUF file. ``run_training`` finds them there.
+    the dataset (SynthCXR is generated), the tokenizer, the tiny vision tower's and the tiny LM's
+    pre-training, or the de-quantised copy of a GGUF file. ``run_training`` finds them there.
 
     Grids call it once before starting parallel runs, so that workers do not each build the
     same cache (they would agree, since every cache is content-keyed and written atomically,
@@ -200,6 +209,7 @@ def prepare_shared(cfg: Config, cache_root: Path, *, progress: bool = False) -> 
         started = time.perf_counter()
         annotation = load_run_annotation(cfg, cache_root, progress=progress)
         tokenizer = shared_tokenizer(cfg, annotation, cache_root, Dist())
+        initial_vision_state(cfg, annotation, cache_root, progress=progress)
         if cfg.model.llm.source == "tiny":
             from s2d_align.models import pretrained_tiny_llm
 
@@ -271,14 +281,15 @@ def _run_training(
     vocab: list[str] = []
     if needs_keyphrases(cfg, plans):
         train = run.annotation.split("train")
-        phrases = extract_keyphrases(
-            {s.id: s.report for s in train}, progress=progress and dist.is_main
-        )
+        train_by_id, source = {s.id: s.report for s in train}, cfg.model.keyphrase_source
+        phrases = extract_keyphrases(train_by_id, source=source, progress=progress and dist.is_main)
         vocab = build_vocab(phrases.values(), cfg.model.keyphrase_vocab)
-        store.all_keyphrases = phrases
-        store.keyphrases = {sid: in_vocab(p, vocab) for sid, p in phrases.items()}
+        # The alignment text stays every analyser phrase: it describes the whole report.
+        all_phrases = phrases if source == "all" else extract_keyphrases(train_by_id, source="all")
+        store.all_keyphrases = all_phrases
+        store.keyphrases = vocab_keyphrases(phrases, vocab)  # = oracle_keyphrases(train, vocab)
         if dist.is_main:
-            save_vocab(run_dir, vocab, len(train))
+            save_vocab(run_dir, vocab, len(train), source=source)
 
     llm_state = None
     if cfg.model.llm.source == "tiny":
@@ -287,11 +298,21 @@ def _run_training(
                 cfg, tokenizer, reports, cache_root, progress=progress and dist.is_main
             )
     log.info("LLM initial weights ready (%.1fs)", time.perf_counter() - started)
+    with dist.main_first():
+        vision_state = initial_vision_state(
+            cfg,
+            run.annotation,
+            cache_root,
+            train=run.dataset("train"),
+            progress=progress and dist.is_main,
+        )
     seed_everything(cfg.seed)
     model = build_model(
         cfg, tokenizer, llm_state, keyphrase_vocab=vocab, llm_cache_dir=cache_root
     ).to(dist.device)
-    del llm_state
+    if vision_state is not None:
+        model.vision.backbone.load_state_dict(vision_state, strict=True)
+    del llm_state, vision_state
 
     ckpt_path = latest_checkpoint(run_dir)
     ckpt = load_checkpoint(ckpt_path, dist.rank) if ckpt_path is not None else None
@@ -316,7 +337,6 @@ def _run_training(
             len(train_ds),
             cfg.train.batch_size,
             seed=cfg.seed,
-            stage_index=plan.index,
             rank=dist.rank,
             world=dist.world,
             start=start,
@@ -372,12 +392,14 @@ def _run_training(
 
     if any(p.lambda_kp > 0 for p in cfg.stages) and run.annotation.split("val"):
         val = run.dataset("val")
-        oracle = extract_keyphrases({s.id: s.report for s in val.studies})
+        oracle = oracle_keyphrases(
+            {s.id: s.report for s in val.studies}, vocab, cfg.model.keyphrase_source
+        )
         tune_keyphrase_threshold(
             model,
             val,
             builder,
-            {sid: in_vocab(p, vocab) for sid, p in oracle.items()},
+            oracle,
             run_dir,
             dist=dist,
             batch_size=cfg.inference.batch_size,

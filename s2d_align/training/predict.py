@@ -33,7 +33,7 @@ from s2d_align.training.keyphrases import (
     THRESHOLD_FILE,
     decode_multi_hot,
     multi_hot,
-    tune_threshold,
+    tune_phrase_thresholds,
 )
 from s2d_align.training.prompts import PromptBuilder
 from s2d_align.utils.io import read_json, write_json
@@ -126,22 +126,35 @@ def tune_keyphrase_threshold(
     progress: bool = False,
     save: bool = True,
 ) -> dict[str, Any]:
-    """Choose the head's threshold on VAL (best micro-F1 against the oracle key phrases of the
-    val reports) and store it as ``run_dir/keyphrase_threshold.json`` (when ``save``)."""
+    """Choose the head's thresholds on VAL, one per phrase (best F1 of that phrase against the
+    oracle key phrases of the val reports; see :func:`tune_phrase_thresholds`), and store them as
+    ``run_dir/keyphrase_threshold.json`` (when ``save``):
+    ``{"thresholds": {phrase: t}, "global": t, "val_f1": micro F1, ...}``."""
     vocab = list(model.keyphrase_vocab)
     probs = keyphrase_probs(
         model, val, builder, dist=dist, batch_size=batch_size, autocast=autocast, progress=progress
     )
-    targets = np.stack([multi_hot(oracle.get(s.id, []), vocab).numpy() for s in val.studies])
-    threshold, f1 = tune_threshold(probs, targets.astype(bool))
-    record = {"threshold": threshold, "val_micro_f1": f1, "split": "val", "n": len(val)}
+    targets = keyphrase_targets(val, oracle, vocab)
+    tuned = tune_phrase_thresholds(probs, targets)
+    record = {**tuned.record(vocab), "split": "val", "n": len(val)}
     if save and dist.is_main:
         write_json(run_dir / THRESHOLD_FILE, record)
     dist.barrier()
     return record
 
 
+def keyphrase_targets(
+    dataset: StudyDataset, oracle: Mapping[str, list[str]], vocab: list[str]
+) -> np.ndarray:
+    """Boolean ``[N, K]`` oracle targets of ``dataset``'s studies, in split order."""
+    if not dataset.studies:
+        return np.zeros((0, len(vocab)), dtype=bool)
+    rows = [multi_hot(oracle.get(s.id, []), vocab).numpy() for s in dataset.studies]
+    return np.stack(rows).astype(bool)
+
+
 def load_threshold(run_dir: Path) -> dict[str, Any] | None:
+    """The saved threshold record (either format; :func:`phrase_thresholds` reads both)."""
     path = run_dir / THRESHOLD_FILE
     return read_json(path) if path.is_file() else None
 
@@ -150,14 +163,21 @@ def predicted_keyphrases(
     model: Any,
     dataset: StudyDataset,
     builder: PromptBuilder,
-    threshold: float,
+    threshold: float | np.ndarray,
     *,
     dist: Dist,
     batch_size: int,
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
     progress: bool = False,
 ) -> dict[str, list[str]]:
-    """``{id: phrases}``: vocabulary entries whose head probability reaches ``threshold``."""
+    """``{id: phrases}``: vocabulary entries whose head probability reaches their threshold
+    (``threshold``: one per phrase, ``[K]`` in vocabulary order, or one for all)."""
+    k = len(model.keyphrase_vocab)
+    threshold = np.asarray(threshold, dtype=np.float64)
+    if threshold.ndim > 1 or (threshold.ndim == 1 and threshold.shape[0] != k):
+        raise ValueError(
+            f"threshold: expected a number or {k} per-phrase values, got {threshold.shape}"
+        )
     probs = keyphrase_probs(
         model,
         dataset,

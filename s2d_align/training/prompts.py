@@ -72,7 +72,12 @@ class PromptBuilder:
         self.budget = TokenBudget.from_max_length(max_length)
 
     def prompt_text(self, reference: str | None, keyphrases: Sequence[str] | None) -> str:
-        """The prompt as text: parts joined by single spaces; empty parts are left out."""
+        """The prompt as text: parts joined by single spaces; empty parts are left out.
+
+        ``keyphrases`` None leaves the key-phrase part out (the context has none, or they were
+        dropped); an empty list is a study with no key phrase, rendered with
+        ``prompt.no_keyphrases`` ("Key phrases: none") unless that template is empty.
+        """
         parts = [self.prompt.instruction.strip()]
         if reference:
             ref = truncate_text(self.tokenizer, reference.strip(), self.budget.reference)
@@ -82,6 +87,8 @@ class PromptBuilder:
                 self.tokenizer, KEYPHRASE_SEPARATOR.join(keyphrases), self.budget.keyphrases
             )
             parts.append(self.prompt.keyphrases.format(text=kp))
+        elif keyphrases is not None and self.prompt.no_keyphrases.strip():
+            parts.append(self.prompt.keyphrases.format(text=self.prompt.no_keyphrases.strip()))
         parts.append(self.prompt.answer_prefix.strip())
         return " ".join(p for p in parts if p)
 

@@ -211,3 +211,52 @@ def load_neighbours(folder: Path) -> dict[str, dict[str, list[str]]]:
     if not isinstance(data, dict):
         raise DataError(f"{folder / 'neighbours.json'}: expected {{split: {{id: [ids]}}}}")
     return data
+
+
+class _InitialEncoder(torch.nn.Module):
+    """The vision tower as every run starts it, answering ``encode_images`` like S2DModel."""
+
+    def __init__(self, vision: torch.nn.Module):
+        super().__init__()
+        self.vision = vision
+
+    def encode_images(self, pixels: torch.Tensor, view_mask: torch.Tensor):
+        return None, self.vision(pixels, view_mask).pooled
+
+
+def nearest_train_reports(
+    cfg, cache_root: Path, split: str, *, progress: bool = False
+) -> dict[str, str]:
+    """``{study id: train report}`` of ``split``: the top-1 train study under the shared initial
+    vision tower (the pre-trained tiny tower, or the configured pretrained backbone), with the
+    same exclusions a run's retrieval applies. Needs no training: a reference row."""
+    from s2d_align.models.vision import VisionEncoder
+    from s2d_align.training.data import load_run_annotation
+    from s2d_align.training.vision_init import initial_vision_state
+    from s2d_align.utils.seed import seed_everything
+
+    annotation = load_run_annotation(cfg, cache_root, progress=progress)
+    datasets = {
+        name: StudyDataset(
+            annotation.split(name), image_size=cfg.data.image_size, max_views=cfg.data.max_views
+        )
+        for name in dict.fromkeys(("train", split))
+    }
+    if not datasets[split].studies:
+        raise DataError(f"{annotation.path}: the {split!r} split is empty")
+    state = initial_vision_state(cfg, annotation, cache_root, train=datasets["train"])
+    seed_everything(cfg.seed)
+    vision = VisionEncoder(
+        cfg.model.vision,
+        image_size=cfg.data.image_size,
+        num_views=cfg.data.max_views,
+        view_embedding=False,
+    )
+    if state is not None:
+        vision.backbone.load_state_dict(state, strict=True)
+    index, neighbours = build_references(
+        _InitialEncoder(vision), datasets, cfg.retrieval, device=torch.device("cpu"),
+        encoder="frozen", progress=progress,
+    )  # fmt: skip
+    reports = dict(zip(index.ids, index.reports, strict=True))
+    return {sid: reports[hits[0]] for sid, hits in neighbours[split].items() if hits}

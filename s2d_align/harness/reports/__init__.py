@@ -2,7 +2,8 @@
 
 ``build_reports(store, out_dir)`` is a pure function of the store: run directories, datasets
 and caches may be gone (images in the qualitative panel are drawn when their files still exist).
-Layout: ``OUT/index.md``; per preset ``OUT/PRESET/ablation.{md,tex,csv}`` and
+Layout: ``OUT/index.md``; per preset ``OUT/PRESET/ablation.{md,tex,csv}``,
+``OUT/PRESET/diagnostics.{md,csv}`` (per-run diagnostics, when recorded) and
 ``OUT/PRESET/figures/*.png``; per Optuna study ``OUT/sweeps/STUDY/{trials.csv,*.png}``.
 """
 
@@ -13,7 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from s2d_align.harness.reports import figures, qualitative, tables
+from s2d_align.harness.references import load_reference_rows
+from s2d_align.harness.reports import diagnostics, figures, qualitative, tables
 from s2d_align.harness.reports.data import PresetResults, load_preset, presets_in
 from s2d_align.harness.reports.sweeps import sweep_reports
 from s2d_align.harness.store import Store
@@ -71,20 +73,33 @@ def preset_report(store: Store, preset: str, out_dir: Path, split: str = "test")
         return []
     base = out_dir / preset
     fig_dir = base / "figures"
-    table = tables.ablation_table(store, results, split=split)
+    ref_rows = load_reference_rows(store, preset, split, results.manifest_hashes.get(split, []))
+    table = tables.ablation_table(store, results, split=split, references=ref_rows)
+    # figures draw the reference rows too, set apart from the variants
+    metrics = results.metrics
+    if not ref_rows.metrics.empty:
+        metrics = pd.concat([metrics, ref_rows.metrics], ignore_index=True)
     written = [
         _write(base / "ablation.md", tables.to_markdown(table)),
         _write(base / "ablation.tex", tables.to_latex(table)),
         _write(base / "ablation.csv", tables.to_csv(table)),
     ]
+    diag = diagnostics.diagnostics_table(store, results, split=split)
+    if diag is not None:
+        written += [
+            _write(base / "diagnostics.md", diagnostics.to_markdown(diag)),
+            _write(base / "diagnostics.csv", diagnostics.to_csv(diag)),
+        ]
     maybe = [
-        figures.ablation_bars(results.metrics, table.metrics, split, fig_dir / "ablation_bars.png"),
-        figures.ce_heatmap(results.metrics, split, fig_dir / "ce_f1_heatmap.png"),
+        figures.ablation_bars(metrics, table.metrics, split, fig_dir / "ablation_bars.png"),
+        figures.ce_heatmap(metrics, split, fig_dir / "ce_f1_heatmap.png"),
         figures.training_curves(_train_logs(store, results), fig_dir / "training_curves.png"),
     ]
     preds = _predictions(store, results, split)
     refs = _references(store, results, split)
-    maybe.append(figures.length_distribution(_lengths(preds, refs), fig_dir / "report_lengths.png"))
+    row_preds = {v: store.predictions(rid, split) for v, rid in ref_rows.run_ids.items()}
+    lengths = _lengths({**preds, **{v: p for v, p in row_preds.items() if p}}, refs)
+    maybe.append(figures.length_distribution(lengths, fig_dir / "report_lengths.png"))
     shown = {v: preds[v] for v in (REFERENCE_VARIANT, "sft") if v in preds} or dict(
         list(preds.items())[:2]
     )

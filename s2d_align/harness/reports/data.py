@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from s2d_align.harness.references import is_reference, order_references
 from s2d_align.harness.store import Run, Store
 from s2d_align.harness.variants import DEFAULT_VARIANTS, REFERENCE_VARIANT
 
@@ -35,12 +36,15 @@ class PresetResults:
 
 
 def order_variants(names: Sequence[str]) -> list[str]:
-    """Shipped variants in their documented order (reference first), then any others sorted."""
+    """Shipped variants in their documented order (reference first), then any others sorted,
+    then reference rows (``ref:...``, made without training) last."""
+    rows = [n for n in set(names) if is_reference(n)]
+    names = [n for n in set(names) if not is_reference(n)]
     known = [v for v in DEFAULT_VARIANTS if v in set(names)]
     if REFERENCE_VARIANT in known:
         known.remove(REFERENCE_VARIANT)
         known.insert(0, REFERENCE_VARIANT)
-    return known + sorted(set(names) - set(known))
+    return known + sorted(set(names) - set(known)) + order_references(rows)
 
 
 def presets_in(store: Store, purpose: str = "ablate") -> list[str]:

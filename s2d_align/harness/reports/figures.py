@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
+from s2d_align.harness.references import REFERENCE_PREFIX, display_name
 from s2d_align.harness.reports.data import order_variants
 
 DPI = 130
@@ -31,9 +32,20 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
+def _is_row(frame: pd.DataFrame) -> pd.Series:
+    """Which rows of a metric frame are reference rows (made without training)."""
+    return frame["variant"].astype(str).str.startswith(REFERENCE_PREFIX).astype(bool)
+
+
 def ablation_bars(metrics: pd.DataFrame, names: Sequence[str], split: str, path: Path) -> Path:
-    """One panel per metric: mean over seeds (bar), mean bootstrap 95% CI (error bar), seeds (dots)."""
+    """One panel per metric: mean over seeds (bar), mean bootstrap 95% CI (error bar), seeds (dots);
+    reference rows (``ref:...``) as dashed horizontal lines."""
     frame = metrics[(metrics["split"] == split) & metrics["metric"].isin(names)]
+    ref_rows = frame[_is_row(frame)]
+    frame = frame[~_is_row(frame)]
+    ref_order = order_variants(ref_rows["variant"].unique())
+    greys = ("black", "dimgray", "darkgray", "silver")
+    ref_colours = {v: greys[i % len(greys)] for i, v in enumerate(ref_order)}
     order = order_variants(frame["variant"].unique())
     sns.set_theme(style="whitegrid", context="paper")
     cols = min(4, len(names))
@@ -68,6 +80,17 @@ def ablation_bars(metrics: pd.DataFrame, names: Sequence[str], split: str, path:
         ax.scatter([pos[v] for v in sub["variant"]], sub["value"], s=9, color="black", zorder=3)
         ax.set_xticks(list(xs), list(agg.index), rotation=60, ha="right", fontsize=7)
         ax.set_title(name.replace("ce/", "CE "), fontsize=9)
+        for variant in ref_order:
+            value = ref_rows.loc[
+                (ref_rows["metric"] == name) & (ref_rows["variant"] == variant), "value"
+            ]
+            if len(value):
+                ax.axhline(float(value.mean()), ls="--", lw=1, color=ref_colours[variant])
+    if ref_order:
+        handles = [plt.Line2D([], [], ls="--", color=ref_colours[v], label=display_name(v))
+                   for v in ref_order]  # fmt: skip
+        fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 0.93), fontsize=7,
+                   title="no training", title_fontsize=7)  # fmt: skip
     fig.suptitle(
         f"Ablation ({split}): mean over seeds, bootstrap 95% CI, dots = seeds", fontsize=10
     )
@@ -92,6 +115,10 @@ def ce_heatmap(
     fig, ax = plt.subplots(figsize=(0.7 * grid.shape[1] + 2.5, 0.45 * grid.shape[0] + 2))
     sns.heatmap(grid, annot=True, fmt=".2f", cmap="viridis", vmin=0, vmax=1, ax=ax,
                 cbar_kws={"label": "F1"}, annot_kws={"fontsize": 6})  # fmt: skip
+    n_rows = int((~grid.index.to_series().astype(str).str.startswith(REFERENCE_PREFIX)).sum())
+    if 0 < n_rows < len(grid):  # set the reference rows (last) apart from the variants
+        ax.axhline(n_rows, color="white", lw=3)
+        ax.set_yticklabels([display_name(str(v)) for v in grid.index], rotation=0)
     ax.set_title(f"Per-observation CE F1 ({split}, mean over seeds)", fontsize=10)
     ax.set_xlabel("")
     ax.set_ylabel("")

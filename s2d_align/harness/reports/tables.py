@@ -20,6 +20,13 @@ import math
 from dataclasses import dataclass, field
 
 from s2d_align.evaluation import ce
+from s2d_align.harness.references import (
+    DESCRIPTIONS,
+    ReferenceRows,
+    display_name,
+    load_reference_rows,
+    reference_variant,
+)
 from s2d_align.harness.reports.data import PresetResults
 from s2d_align.harness.reports.significance import TRIALS, PairedTests, RunPair
 from s2d_align.harness.store import Store
@@ -58,6 +65,9 @@ class AblationTable:
     rows: dict[str, dict[str, Cell]]  # variant -> metric -> cell
     compute: dict[str, dict[str, float]]  # variant -> steps / tokens_seen / train_wall_s (means)
     footnotes: list[str] = field(default_factory=list)
+    # reference rows (ref:NAME -> metric -> cell): made without training, shown below the
+    # variants, never marked best, never tested
+    references: dict[str, dict[str, Cell]] = field(default_factory=dict)
 
 
 def table_metrics(results: PresetResults, split: str) -> list[str]:
@@ -122,8 +132,14 @@ def _significance(
 
 
 def ablation_table(
-    store: Store, results: PresetResults, split: str = "test", reference: str = REFERENCE_VARIANT
+    store: Store,
+    results: PresetResults,
+    split: str = "test",
+    reference: str = REFERENCE_VARIANT,
+    references: ReferenceRows | None = None,
 ) -> AblationTable:
+    """``references``: the reference rows to show (default: those in the store that were scored
+    on the variants' studies)."""
     frame = results.metrics[results.metrics["split"] == split]
     metrics = table_metrics(results, split)
     hib = {m: bool(frame.loc[frame["metric"] == m, "higher_is_better"].iloc[0]) for m in metrics}
@@ -153,7 +169,45 @@ def ablation_table(
         }
     table = AblationTable(results.preset, split, reference, metrics, hib, rows, compute)
     table.footnotes = footnotes(results, split, reference)
+    if references is None:
+        references = load_reference_rows(
+            store, results.preset, split, results.manifest_hashes.get(split, [])
+        )
+    table.references = reference_cells(references, metrics, split)
+    table.footnotes += reference_footnotes(references, results, split)
     return table
+
+
+def reference_cells(
+    references: ReferenceRows, metrics: list[str], split: str
+) -> dict[str, dict[str, Cell]]:
+    """One cell per (reference row, metric): a single deterministic value, so sd 0 and n 1."""
+    frame = references.metrics[references.metrics["split"] == split]
+    out: dict[str, dict[str, Cell]] = {}
+    for variant in references.variants:
+        mine = frame[frame["variant"] == variant]
+        values = dict(zip(mine["metric"], mine["value"], strict=True))
+        out[variant] = {m: Cell(float(values[m]), 0.0, 1) for m in metrics if m in values}
+    return out
+
+
+def reference_footnotes(references: ReferenceRows, results: PresetResults, split: str) -> list[str]:
+    if not references.variants and not references.skipped:
+        return []
+    shown = [v[len("ref:") :] for v in references.variants]
+    notes = []
+    if shown:
+        what = [f"`{display_name(reference_variant(n))}`: {DESCRIPTIONS[n]}" for n in shown]
+        notes.append(
+            "Reference rows (below the variants) are made without training and scored with the "
+            "same protocol; they are never marked best nor tested: " + "; ".join(what) + "."
+        )
+    for name, reason in references.skipped.items():
+        notes.append(f"`{display_name(reference_variant(name))}` not computed: {reason}.")
+    sigs = set(results.signatures.get(split, []))
+    if sigs and any(s not in sigs for s in references.signatures):
+        notes.append("WARNING: the reference rows were scored under another protocol signature.")
+    return notes
 
 
 def footnotes(results: PresetResults, split: str, reference: str) -> list[str]:
@@ -211,6 +265,12 @@ def to_markdown(table: AblationTable) -> str:
             text = f"**{text}**" if c.best else text
             out.append(text + (MARK if c.significant else ""))
         lines.append("| " + " | ".join(out) + " |")
+    if table.references:
+        lines.append("| *reference rows (no training)* |" + " |" * (len(head) - 1))
+        for variant, cells in table.references.items():
+            out = [f"`{display_name(variant)}`", "-", "-", "-"]
+            out += [_fmt(cells[m].mean) if m in cells else "-" for m in table.metrics]
+            lines.append("| " + " | ".join(out) + " |")
     lines += ["", f"#### Difference vs `{table.reference}`", ""]
     lines += ["| variant | " + " | ".join(_short(m) for m in table.metrics) + " |"]
     lines += ["|---|" + "---:|" * len(table.metrics)]
@@ -263,6 +323,12 @@ def to_latex(table: AblationTable) -> str:
             delta = "" if c.delta is None else rf" \scriptsize{{({c.delta:+.3f})}}"
             out.append(rf"{mean}{{\scriptsize$\pm${_fmt(c.sd)}}}{mark}{delta}")
         lines.append(" & ".join(out) + r" \\")
+    if table.references:
+        lines.append(r"\midrule")
+        for variant, cells in table.references.items():
+            out = [rf"\textit{{{_tex(display_name(variant))}}}", "--"]
+            out += [_fmt(cells[m].mean) if m in cells else "--" for m in table.metrics]
+            lines.append(" & ".join(out) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     notes = " ".join(
         _tex(n).replace("†", r"$^\dagger$").replace("±", r"$\pm$") for n in table.footnotes
@@ -294,6 +360,7 @@ def to_csv(table: AblationTable) -> str:
             "steps",
             "tokens_seen",
             "train_wall_s",
+            "kind",
         ]
     )
     for variant, cells in table.rows.items():
@@ -321,6 +388,14 @@ def to_csv(table: AblationTable) -> str:
                     _int(comp["steps"]).replace(",", ""),
                     _int(comp["tokens_seen"]).replace(",", ""),
                     f"{comp['train_wall_s']:.2f}",
+                    "variant",
                 ]
             )
+    for variant, cells in table.references.items():
+        for m in table.metrics:
+            if m in cells:
+                c = cells[m]
+                row = [table.preset, table.split, variant, m, f"{c.mean:.6f}", "", "", 0]
+                row += [int(table.higher_is_better[m]), "", "", "", 0, "", 0, 0, "0.00"]
+                writer.writerow([*row, "reference"])
     return buf.getvalue()

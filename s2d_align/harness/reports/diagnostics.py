@@ -1,0 +1,181 @@
+"""The diagnostics table: per-run ``diag/...`` metrics, mean ± sd over seeds, per variant.
+
+Written beside the ablation table. It answers what the headline cannot: does a variant's report
+depend on the image, do its sentence likelihoods track the findings, did its memory gate open and
+its alignment loss leave chance, and do its retrieved references state the study's findings
+(see ``s2d_align.inference.diagnostics`` for how each is measured). The Markdown shows the
+summary columns, each explained in a caption line; the CSV holds every value, the
+per-observation finding AUROCs included.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+
+from s2d_align.chexpert import OBSERVATIONS
+from s2d_align.harness.reports.data import PresetResults
+from s2d_align.harness.reports.tables import Cell
+from s2d_align.harness.store import Store
+
+PREFIX = "diag/"
+_FIXED = {
+    "diag/image_dependence": (
+        "image dep.",
+        "CE headline with the real images minus with images permuted across studies "
+        "(0: the report ignores the image)",
+    ),
+    "diag/finding_auroc": (
+        "finding AUROC",
+        "macro AUROC, over observations, of the likelihood of a canonical finding sentence "
+        "against the reference label (0.5: blind to the image)",
+    ),
+    "diag/retrieval_label_precision": (
+        "retrieval precision",
+        "share of retrieved reference reports stating exactly the study's positive findings",
+    ),
+    "diag/retrieval_label_precision/shuffled": (
+        "retrieval precision (shuffled)",
+        "the same against the references retrieved for the other studies (chance on this split)",
+    ),
+    "diag/retrieval_label_jaccard": (
+        "retrieval Jaccard",
+        "mean Jaccard of positive findings, study vs retrieved reference (normal vs normal = 1)",
+    ),
+}
+
+
+def header(metric: str) -> tuple[str, str]:
+    """Short column name and one-line meaning of a diagnostic."""
+    if metric in _FIXED:
+        return _FIXED[metric]
+    if metric.startswith("diag/permuted/"):
+        cell = metric[len("diag/permuted/") :]
+        return "CE permuted", f"{cell} with every study shown another study's image"
+    if metric.startswith("diag/gate/"):
+        stage = metric[len("diag/gate/") :]
+        return f"gate {stage}", f"tanh(g) of the memory gate at the end of stage {stage} (0: shut)"
+    if metric.startswith("diag/align_vs_chance/"):
+        stage = metric[len("diag/align_vs_chance/") :]
+        return (
+            f"align/log B {stage}",
+            f"alignment InfoNCE over the last steps of stage {stage} / log(batch) (1: chance)",
+        )
+    if metric.startswith("diag/finding_auroc/"):
+        obs = metric[len("diag/finding_auroc/") :]
+        return f"AUROC {obs}", f"finding AUROC of {obs}"
+    return metric[len(PREFIX) :], metric
+
+
+def _stage_order(store: Store, results: PresetResults) -> list[str]:
+    """Stage names in training order, as the runs' logs met them (variant order first)."""
+    order: list[str] = []
+    for variant in results.variants:
+        for run_id in results.run_ids(variant):
+            for row in store.train_log(run_id):
+                stage = row.get("stage")
+                if stage is not None and stage not in order:
+                    order.append(str(stage))
+    return order
+
+
+def order_metrics(names: set[str], stages: list[str]) -> list[str]:
+    """Summary diagnostics first (in reading order), per-observation AUROCs last."""
+
+    def key(name: str) -> tuple:
+        def stage_rank(prefix: str) -> tuple:
+            stage = name[len(prefix) :]
+            return (stages.index(stage) if stage in stages else len(stages), stage)
+
+        if name == "diag/image_dependence":
+            return (0,)
+        if name.startswith("diag/permuted/"):
+            return (1, name)
+        if name == "diag/finding_auroc":
+            return (2,)
+        if name.startswith("diag/gate/"):
+            return (3, *stage_rank("diag/gate/"))
+        if name.startswith("diag/align_vs_chance/"):
+            return (4, *stage_rank("diag/align_vs_chance/"))
+        if name.startswith("diag/retrieval_label_"):
+            return (5, list(_FIXED).index(name) if name in _FIXED else 99, name)
+        if name.startswith("diag/finding_auroc/"):
+            obs = name[len("diag/finding_auroc/") :]
+            return (7, OBSERVATIONS.index(obs) if obs in OBSERVATIONS else 99, obs)
+        return (6, name)
+
+    return sorted(names, key=key)
+
+
+@dataclass
+class DiagnosticsTable:
+    preset: str
+    split: str
+    metrics: list[str]  # every diagnostic, in column order
+    rows: dict[str, dict[str, Cell]]  # variant -> metric -> mean, sd, n over seeds
+
+
+def diagnostics_table(
+    store: Store, results: PresetResults, split: str = "test"
+) -> DiagnosticsTable | None:
+    """Every ``diag/...`` metric of the preset's runs on ``split``; None when no run has any."""
+    frame = results.metrics[
+        (results.metrics["split"] == split) & results.metrics["metric"].str.startswith(PREFIX)
+    ]
+    if frame.empty:
+        return None
+    metrics = order_metrics(set(frame["metric"]), _stage_order(store, results))
+    rows: dict[str, dict[str, Cell]] = {}
+    for variant in results.variants:
+        mine = frame[frame["variant"] == variant]
+        cells = {}
+        for m in metrics:
+            vals = mine.loc[mine["metric"] == m, "value"].astype(float)
+            if len(vals):
+                sd = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
+                cells[m] = Cell(float(vals.mean()), sd, len(vals))
+        if cells:  # rows computed without a trained model (e.g. references) have none
+            rows[variant] = cells
+    return DiagnosticsTable(results.preset, split, metrics, rows)
+
+
+def to_markdown(table: DiagnosticsTable) -> str:
+    preset, split, metrics, rows = table.preset, table.split, table.metrics, table.rows
+    shown = [m for m in metrics if not m.startswith("diag/finding_auroc/")]
+    head = ["variant", "seeds", *(header(m)[0] for m in shown)]
+    lines = [
+        f"### Diagnostics: `{preset}` ({split})",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|",
+    ]
+    for variant, cells in rows.items():
+        out = [f"`{variant}`", str(max((c.n for c in cells.values()), default=0))]
+        for m in shown:
+            c = cells.get(m)
+            if c is None:
+                out.append("-")
+            else:
+                out.append(f"{c.mean:.3f} ± {c.sd:.3f}" if c.n > 1 else f"{c.mean:.3f}")
+        lines.append("| " + " | ".join(out) + " |")
+    lines += ["", f"Mean ± sd over seeds per variant ({split} split); '-': not measured."]
+    lines += [f"- **{header(m)[0]}**: {header(m)[1]}." for m in shown]
+    if len(shown) < len(metrics):
+        lines.append("- Per-observation finding AUROCs are in `diagnostics.csv`.")
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(table: DiagnosticsTable) -> str:
+    preset, split, metrics, rows = table.preset, table.split, table.metrics, table.rows
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["preset", "split", "variant", "metric", "mean", "sd", "n_seeds", "meaning"])
+    for variant, cells in rows.items():
+        for m in metrics:
+            c = cells.get(m)
+            if c is not None:
+                writer.writerow(
+                    [preset, split, variant, m, f"{c.mean:.6f}", f"{c.sd:.6f}", c.n, header(m)[1]]
+                )
+    return buf.getvalue()
