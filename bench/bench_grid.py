@@ -5,7 +5,7 @@ Two groups, each compared within one pytest-benchmark run (``--benchmark-compare
 
 - ``score-5x300``: five 300-report corpora scored with a fresh METEOR JVM per corpus (what every
   scoring call did before) versus one shared :class:`NLGScorer`; same numbers (asserted).
-- ``smoke-grid``: the whole smoke grid (10 variants x 3 seeds, 30 steps each) one run at a time
+- ``smoke-grid``: the whole smoke grid (every variant x 3 seeds, 30 steps each) one run at a time
   versus two at a time in worker processes; the shared caches (data, tokenizer, tiny LM) are
   built before the timing. Each worker pays its own start-up (imports, METEOR's JVM: ~15-25 s on
   2 cores), so parallel runs pay off only over many or long runs; with a handful of 10-step
@@ -67,10 +67,10 @@ def test_score_five_corpora(benchmark, corpora, meteor):
 def warm_cache(tmp_path_factory):
     from s2d_align.harness.pipeline import prepare_shared
     from s2d_align.harness.runner import plan_grid
-    from s2d_align.harness.variants import DEFAULT_VARIANTS, load_variants
+    from s2d_align.harness.variants import grid_variants, load_variants
 
     cache = tmp_path_factory.mktemp("grid-cache")
-    specs = plan_grid("smoke", load_variants(DEFAULT_VARIANTS), [0, 1, 2])
+    specs = plan_grid("smoke", load_variants(grid_variants()), [0, 1, 2])
     prepare_shared(specs[0], cache)
     return specs, cache
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -15,6 +15,7 @@ from s2d_align.config.schema import (
     MemoryConfig,
     ModelConfig,
     StageConfig,
+    StageTrainable,
     Trainable,
     VisionConfig,
 )
@@ -51,7 +52,7 @@ def tiny_config(
     stage_cfgs = tuple(
         StageConfig(
             name=f"s{i}",
-            trainable=t,
+            trainable=StageTrainable(**asdict(t)),  # every part named: exactly t
             step_fraction=1 / len(stages),
             lambda_align=lambda_align,
             align_with="reference" if lambda_align > 0 else "none",

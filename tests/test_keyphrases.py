@@ -9,7 +9,8 @@ from training_fixtures import cache_root, shared_run, tiny_config
 
 from s2d_align.errors import DataError
 from s2d_align.evaluation.analyser import KeyPhrase
-from s2d_align.inference.keyphrase_eval import auroc, keyphrase_head_metrics
+from s2d_align.evaluation.stats import auroc
+from s2d_align.inference.keyphrase_eval import keyphrase_head_metrics
 from s2d_align.training.keyphrases import (
     THRESHOLD_FILE,
     THRESHOLD_GRID,

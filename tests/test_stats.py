@@ -1,4 +1,5 @@
-"""Bootstrap intervals, paired approximate randomisation, mean and sd over seeds."""
+"""Bootstrap intervals, paired approximate randomisation, mean and sd over seeds, and the
+seed-level (hierarchical) bootstrap and paired test."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ from s2d_align.evaluation.nlg import bleu_from_stats
 from s2d_align.evaluation.stats import (
     AdditiveStatistic,
     bootstrap_intervals,
+    hierarchical_bootstrap,
     mean_sd,
     mean_statistic,
     paired_randomization,
+    seed_paired_test,
 )
 
 
@@ -131,3 +134,81 @@ def test_mean_and_sd_over_seeds():
 
 def test_no_resamples_means_no_interval():
     assert bootstrap_intervals({"m": mean_statistic(_scores(10))}, n_boot=0) == {}
+
+
+# -- seed level ----------------------------------------------------------------------------------
+def _seeds(shifts, n=200, noise=0.02, seed=0):
+    """Per seed: (variant, reference) statistics; seed s shares its studies' base scores."""
+    out = []
+    for s, shift in enumerate(shifts):
+        base = _scores(n, seed=100 + s)
+        jitter = np.random.default_rng(seed * 10 + s).normal(0, noise, n)
+        out.append((mean_statistic(base + shift + jitter), mean_statistic(base)))
+    return out
+
+
+def test_a_difference_in_one_seed_of_three_is_not_significant_at_seed_level():
+    res = seed_paired_test({"m": _seeds([0.1, 0.0, 0.0])}, trials=2000, n_boot=500)["m"]
+    assert res.seed_p[0, 0] < 0.01 and res.seeds_significant()[0] == 1  # seed 0 on its own
+    assert res.p_studies[0] < 0.01  # randomising studies within seeds alone would mark it
+    assert res.p_seeds[0] > 0.3 and res.p_value[0] == res.p_seeds[0]
+    every = seed_paired_test({"m": _seeds([0.1, 0.1, 0.1])}, trials=2000, n_boot=500)["m"]
+    assert every.p_value[0] < 0.001 and every.seeds_significant()[0] == 3
+    assert every.low[0] < every.delta[0] < every.high[0] and every.low[0] > 0.09
+
+
+def test_seed_level_p_needs_seeds_and_is_one_for_identical_systems():
+    (pair,) = _seeds([0.1])
+    single = seed_paired_test({"m": [pair]}, trials=200, n_boot=100)["m"]
+    assert np.isnan(single.p_value[0]) and single.p_studies[0] < 0.01
+    same = [(a, a) for a, _ in _seeds([0.0, 0.0, 0.0])]
+    res = seed_paired_test({"m": same}, trials=200, n_boot=100)["m"]
+    assert res.delta[0] == 0.0 and res.p_value[0] == 1.0
+
+
+def test_seed_differences_are_corpus_level_for_bleu():
+    rng = np.random.default_rng(0)
+
+    def bleu_stat(quality):  # 10 columns: testlen, reflen, guesses, matches
+        guess = np.array([20.0, 19, 18, 17])
+        n = len(quality)
+        matches = np.minimum(guess, np.round(guess * quality[:, None]))
+        stats = np.column_stack([np.full(n, 20.0), np.full(n, 22.0), np.tile(guess, (n, 1)),
+                                 matches])  # fmt: skip
+        return AdditiveStatistic(stats, lambda sums, _n: bleu_from_stats(sums))
+
+    pairs = [(bleu_stat(rng.uniform(0.3, 0.9, 50)), bleu_stat(rng.uniform(0.2, 0.8, 50)))
+             for _ in range(3)]  # fmt: skip
+    res = seed_paired_test({"b": pairs}, trials=200, n_boot=200)["b"]
+    expected = [a.value() - b.value() for a, b in pairs]  # corpus BLEU, not mean sentence BLEU
+    np.testing.assert_allclose(res.seed_delta, expected)
+    np.testing.assert_allclose(res.delta, np.mean(expected, axis=0))
+
+
+def test_hierarchical_bootstrap_matches_a_naive_two_level_loop():
+    seeds = [_scores(40, seed=s, shift=0.05 * s) for s in range(3)]
+    ((low, high),) = hierarchical_bootstrap(
+        {"m": [mean_statistic(v) for v in seeds]}, n_boot=4000, seed=0
+    ).values()
+    rng = np.random.default_rng(7)
+    naive = []
+    for _ in range(4000):
+        drawn = rng.integers(0, 3, 3)
+        naive.append(np.mean([seeds[s][rng.integers(0, 40, 40)].mean() for s in drawn]))
+    n_low, n_high = np.quantile(naive, [0.025, 0.975])
+    assert low[0] == pytest.approx(n_low, abs=0.006) and high[0] == pytest.approx(n_high, abs=0.006)
+    # seed-to-seed spread widens the interval beyond any single seed's bootstrap interval
+    single = bootstrap_intervals({"m": mean_statistic(seeds[0])}, n_boot=2000, seed=0)["m"]
+    assert high[0] - low[0] > high_minus_low(single)
+
+
+def high_minus_low(interval) -> float:
+    return float(interval[1][0] - interval[0][0])
+
+
+def test_hierarchical_bootstrap_checks_its_input():
+    a, b = mean_statistic(_scores(10)), mean_statistic(_scores(12))
+    with pytest.raises(ValueError, match="same reports"):
+        hierarchical_bootstrap({"m": [(a, b)]})
+    with pytest.raises(ValueError, match="no seeds"):
+        hierarchical_bootstrap({"m": []})

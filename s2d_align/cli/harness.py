@@ -62,10 +62,10 @@ def _open_store(args: argparse.Namespace, results_dir: str | None = None):
 def cmd_ablate(args: argparse.Namespace) -> int:
     from s2d_align.harness.reports import build_reports
     from s2d_align.harness.runner import Runner, plan_grid
-    from s2d_align.harness.variants import DEFAULT_VARIANTS, load_variants
+    from s2d_align.harness.variants import grid_variants, load_variants
 
     console = make_console()
-    variants = load_variants(_csv(args.variants) or DEFAULT_VARIANTS)
+    variants = load_variants(_csv(args.variants) or grid_variants())
     specs = plan_grid(args.preset, variants, _seeds(args.seeds), overrides=args.overrides)
     store = _open_store(args)
     try:
@@ -205,6 +205,8 @@ def cmd_regress(args: argparse.Namespace) -> int:
         console.print(f"baseline written: {result.baseline_file}")
         return 0
     console.print(diff_table(result.diffs))
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {note}")
     if result.baseline_signature and result.baseline_signature != result.signature:
         console.print(
             "[yellow]note:[/] the protocol signature changed since the baseline:\n"
@@ -255,7 +257,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--preset", default="default", help="preset name or YAML path (default: %(default)s)"
     )
-    p.add_argument("--variants", help="comma-separated variants (default: every shipped variant)")
+    p.add_argument(
+        "--variants",
+        help="comma-separated variants (default: every file in ablations/variants/, by 'order:')",
+    )
     p.add_argument(
         "--seeds", default=DEFAULT_SEEDS, help="comma-separated seeds (default: %(default)s)"
     )

@@ -18,7 +18,7 @@ from s2d_align import __version__
 from s2d_align.errors import S2DError
 
 #: Modules under ``s2d_align.cli`` that register commands, in help order.
-COMMAND_MODULES = ("data", "evaluate", "train", "harness")
+COMMAND_MODULES = ("data", "evaluate", "train", "harness", "config")
 
 
 def build_parser() -> argparse.ArgumentParser:

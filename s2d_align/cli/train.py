@@ -25,7 +25,7 @@ def _variant_config(args: argparse.Namespace):
     from s2d_align.harness.variants import load_variant
 
     variant = load_variant(args.variant)
-    return load_config(args.preset, overrides, extra=[dict(variant.overrides)]), variant.name
+    return variant.resolve(args.preset, overrides), variant.name
 
 
 def _default_out(preset: str, variant: str | None, seed: int) -> Path:

@@ -10,6 +10,7 @@ from s2d_align.config.loader import (
     apply_overrides,
     deep_merge,
     from_dict,
+    merge_layer,
     read_yaml_with_extends,
     save_yaml,
     to_dict,
@@ -58,14 +59,16 @@ def load_config(
     overrides: Iterable[str] = (),
     extra: Iterable[dict[str, Any]] = (),
 ) -> Config:
-    """Resolve a config: defaults <- preset YAML <- ``extra`` mappings (variants) <- overrides."""
+    """Resolve a config: defaults <- preset YAML <- ``extra`` mappings (variants) <- overrides.
+
+    An ``extra`` mapping's ``stages`` merges by stage name (``loader.merge_stages``)."""
     # Start from the defaults as plain data so that overrides can address list items
     # (``stages.1.lambda_align=0.5``) even when the preset does not restate them.
     data: dict[str, Any] = to_dict(Config())
     if preset is not None:
         data = deep_merge(data, read_yaml_with_extends(preset_path(preset)))
     for mapping in extra:
-        data = deep_merge(data, mapping)
+        data = merge_layer(data, mapping, "variant overrides")
     data = apply_overrides(data, overrides)
     return from_dict(Config, data, "config")
 

@@ -16,6 +16,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 
 import yaml
 
+from s2d_align.config.schema import StageConfig
 from s2d_align.errors import ConfigError
 
 T = TypeVar("T")
@@ -23,6 +24,8 @@ T = TypeVar("T")
 #: Top-level key of a YAML file that names another file (same folder, without ``.yaml``)
 #: whose values this one starts from.
 EXTENDS_KEY = "extends"
+#: Top-level key whose list items a variant layer matches by ``name`` (see :func:`merge_stages`).
+STAGES_KEY = "stages"
 
 
 def _type_name(tp: Any) -> str:
@@ -136,6 +139,26 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
         raise ConfigError(f"{where}: {exc}") from None
 
 
+def check_partial(cls: type, data: Any, where: str) -> None:
+    """Check a partial mapping for dataclass ``cls``: unknown keys and wrong types only. The
+    invariants that need every field (``__post_init__``) are checked once the layers are merged."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping for {cls.__name__}, got {data!r}")
+    hints = get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - fields)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+            f"valid keys at this level: {', '.join(sorted(fields))}"
+        )
+    for name, value in data.items():
+        if dataclasses.is_dataclass(hints[name]) and isinstance(value, dict):
+            check_partial(hints[name], value, f"{where}.{name}")
+        else:
+            _convert(value, hints[name], f"{where}.{name}")
+
+
 def to_dict(obj: Any) -> Any:
     """Plain-data view of a config (tuples become lists) suitable for YAML/JSON."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
@@ -171,6 +194,63 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
             out[key] = deep_merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
+    return out
+
+
+def _stage_name(stage: Any, where: str) -> str:
+    if not isinstance(stage, dict):
+        raise ConfigError(f"{where}: every stage must be a mapping, got {stage!r}")
+    name = stage.get("name", StageConfig.name)
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{where}: a stage name must be a non-empty string, got {name!r}")
+    return name
+
+
+def stage_names(stages: Any, where: str) -> list[str]:
+    """Names of a plain stage list (a stage without ``name`` is the schema's default stage)."""
+    if not isinstance(stages, list):
+        raise ConfigError(f"{where}: 'stages' must be a list, got {type(stages).__name__}")
+    return [_stage_name(s, f"{where}: stages[{i}]") for i, s in enumerate(stages)]
+
+
+def merge_stages(base: list[Any], update: Any, where: str) -> list[Any]:
+    """The stage list after a variant layer's ``stages`` is merged onto ``base``.
+
+    A mapping ``{NAME: {field: value}}`` patches the named stages of ``base`` field by field; a
+    name ``base`` lacks is an error listing the valid names. A list replaces ``base``, and each
+    listed stage named like a stage of ``base`` starts from that stage's fields, so a list says
+    only the order (or subset) and what it changes.
+    """
+    names = stage_names(base, where)
+    if isinstance(update, dict):
+        out = list(base)
+        for name, patch in update.items():
+            if name not in names:
+                raise ConfigError(
+                    f"{where}: stages.{name}: no stage named {name!r} to patch; "
+                    f"valid stage names: {', '.join(names)}"
+                )
+            if not isinstance(patch, dict):
+                raise ConfigError(f"{where}: stages.{name} must be a mapping of stage fields")
+            if patch.get("name", name) != name:
+                raise ConfigError(f"{where}: stages.{name}: a patch cannot rename the stage")
+            out[names.index(name)] = deep_merge(base[names.index(name)], patch)
+        return out
+    listed = stage_names(update, where)
+    by_name = dict(zip(names, base, strict=True))
+    return [
+        deep_merge(by_name.get(name, {}), {**stage, "name": name})
+        for name, stage in zip(listed, update, strict=True)
+    ]
+
+
+def merge_layer(base: dict[str, Any], update: dict[str, Any], where: str) -> dict[str, Any]:
+    """:func:`deep_merge`, except that a top-level ``stages`` merges by stage name
+    (:func:`merge_stages`): how variant overrides go onto a preset."""
+    rest = {k: v for k, v in update.items() if k != STAGES_KEY}
+    out = deep_merge(base, rest)
+    if STAGES_KEY in update:
+        out[STAGES_KEY] = merge_stages(out.get(STAGES_KEY, []), update[STAGES_KEY], where)
     return out
 
 

@@ -25,6 +25,7 @@ from s2d_align.errors import DataError
 from s2d_align.evaluation import ce, grounded
 from s2d_align.evaluation.labelers.base import Labeler, Labels, get_labeler
 from s2d_align.evaluation.nlg import (
+    BLEU_STAT_COLUMNS,
     NLG_METRICS,
     NLGResult,
     NLGScorer,
@@ -44,6 +45,7 @@ from s2d_align.evaluation.stats import (
 from s2d_align.utils.io import read_json, sha256_text, write_json
 
 __all__ = [
+    "BLEU_STAT_PREFIX",
     "Comparison",
     "Metric",
     "ScoreReport",
@@ -52,6 +54,11 @@ __all__ = [
     "reference_labels",
     "score_corpus",
 ]
+
+
+#: Per-sample keys of BLEU's sufficient statistics (``bleu_stat/testlen`` ...): stored with the
+#: per-sample scores so that corpus BLEU can be resampled and tested from the results store.
+BLEU_STAT_PREFIX = "bleu_stat/"
 
 
 def check_ids(
@@ -158,6 +165,10 @@ def _per_sample(ids: list[str], nlg: NLGResult, specs: list[_Spec]) -> dict[str,
     out = {
         name: dict(zip(ids, map(float, nlg.per_sample[name]), strict=True)) for name in NLG_METRICS
     }
+    for k, column in enumerate(BLEU_STAT_COLUMNS):
+        out[BLEU_STAT_PREFIX + column] = dict(
+            zip(ids, map(float, nlg.bleu_stats[:, k]), strict=True)
+        )
     for spec in specs:  # example-based CE is a per-report score
         if "/example/" in spec.names[0]:
             out[spec.names[2]] = dict(zip(ids, map(float, spec.stat.features[:, 2]), strict=True))

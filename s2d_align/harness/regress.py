@@ -1,19 +1,29 @@
 """Metric regression tracking against a committed baseline (``results/baselines/PRESET.json``).
 
-The baseline holds, per variant and test metric, the mean and the sd over the fixed seeds of a
-reference run of the grid. A new run regresses on a metric when its mean is worse than the
-baseline mean by more than ``max(k * sd, floor)`` in the metric's direction: the tolerance
-grows with seed noise, and the floor keeps a perfectly deterministic metric (sd 0) from
-flagging floating-point jitter. Improvements beyond the tolerance are reported too (the
-baseline is then stale), but only regressions fail.
+The baseline holds, per variant and test metric, the value of every fixed seed, their mean and
+sd, and the platform that produced them (torch version, CPU or GPU, Python, machine). Two levels:
+
+1. **Per (variant, seed)**, on the same platform: with fixed seeds the same code gives the same
+   numbers, so each seed's value must match the baseline within a declared per-metric absolute
+   tolerance (``seed_tolerance`` in the file, :data:`SEED_TOLERANCE` by default: near-exact).
+   Any change beyond it fails, better or worse: one changed token in one prediction shows here.
+2. **Across seeds**, always: a mean worse than the baseline mean by more than
+   ``max(k * sd, floor)`` in the metric's direction regresses. Improvements beyond that
+   tolerance are reported (the baseline is then stale) but do not fail.
+
+On another platform (GPU kernels, another torch) the same seed need not give the same numbers,
+so only level 2 applies, and the result says so; likewise for a format-1 baseline, which
+recorded no platform. GPU training is not bit-reproducible everywhere: a baseline written on a
+GPU may need a wider ``seed_tolerance``.
 """
 
 from __future__ import annotations
 
+import platform as _platform
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -23,10 +33,17 @@ from s2d_align.harness.provenance import git_sha
 from s2d_align.harness.spec import preset_label
 from s2d_align.utils.io import read_json, write_json
 
-BASELINE_FORMAT = 1
-#: Tolerance = max(K_SD * sd over seeds, ABS_FLOOR) unless the baseline file says otherwise.
+BASELINE_FORMAT = 2
+#: Formats :func:`load_baseline` reads (format 1 has no platform: across-seed level only).
+READABLE_FORMATS = (1, 2)
+#: Across-seed tolerance = max(K_SD * sd over seeds, ABS_FLOOR) unless the baseline says otherwise.
 K_SD = 3.0
 ABS_FLOOR = 0.01
+#: Per-(variant, seed) absolute tolerance on the same platform, by metric name prefix (first
+#: match); written into every new baseline, where it can be edited per metric. Scoring is
+#: deterministic double-precision arithmetic, so only float noise needs absorbing.
+SEED_TOLERANCE = {"BLEU_": 1e-6, "METEOR": 1e-6, "ROUGE_L": 1e-6, "CIDEr": 1e-6, "ce/": 1e-6}
+DEFAULT_SEED_TOLERANCE = 1e-6
 #: Metrics tracked: the NLG metrics and every CE F1 cell (not P/R, not the noisy per-observation F1).
 TRACKED_PREFIXES = ("BLEU_", "METEOR", "ROUGE_L", "CIDEr")
 #: The grid rerun when neither the baseline nor the command line says otherwise.
@@ -36,12 +53,19 @@ DEFAULT_SEEDS = (0, 1)
 
 @dataclass(frozen=True)
 class MetricDiff:
+    """One comparison: of a seed's value (``seed`` set) or of the mean over seeds (None)."""
+
     variant: str
     metric: str
     baseline: float
     current: float | None
     tolerance: float
     higher_is_better: bool
+    seed: int | None = None
+
+    @property
+    def level(self) -> str:
+        return "mean" if self.seed is None else "seed"
 
     @property
     def delta(self) -> float | None:
@@ -51,12 +75,37 @@ class MetricDiff:
     def status(self) -> str:
         if self.current is None:
             return "missing"
+        if self.seed is not None:  # same seed, same platform: any change is a change
+            return "CHANGED" if abs(self.delta) > self.tolerance else "ok"
         worse = -self.delta if self.higher_is_better else self.delta
         if worse > self.tolerance:
             return "REGRESSION"
         if -worse > self.tolerance:
             return "improved"
         return "ok"
+
+
+def seed_tolerance(metric: str) -> float:
+    """The default per-(variant, seed) tolerance of ``metric`` (:data:`SEED_TOLERANCE`)."""
+    for prefix, tol in SEED_TOLERANCE.items():
+        if metric.startswith(prefix):
+            return tol
+    return DEFAULT_SEED_TOLERANCE
+
+
+def platform_info() -> dict[str, str]:
+    """What decides whether a fixed seed reproduces its numbers exactly: the torch version,
+    the device the runs train on (a GPU when one is visible, as the pipeline picks), Python and
+    the machine architecture."""
+    import torch
+
+    device = f"cuda ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "cpu"
+    return {
+        "torch": str(torch.__version__),
+        "device": device,
+        "python": _platform.python_version(),
+        "machine": _platform.machine(),
+    }
 
 
 def tracked(metric: str) -> bool:
@@ -94,16 +143,20 @@ def make_baseline(
     summary: Mapping[str, Any],
     signature: str,
     *,
+    platform: Mapping[str, str] | None = None,
     k: float = K_SD,
     floor: float = ABS_FLOOR,
 ) -> dict[str, Any]:
+    metrics = sorted({m for by_metric in summary.values() for m in by_metric})
     return {
         "format": BASELINE_FORMAT,
         "preset": preset,
         "variants": list(variants),
         "seeds": list(seeds),
         "split": "test",
+        "platform": dict(platform if platform is not None else platform_info()),
         "tolerance": {"k_sd": k, "abs_floor": floor},
+        "seed_tolerance": {m: seed_tolerance(m) for m in metrics},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "git_sha": git_sha(),
         "signature": signature,
@@ -123,8 +176,10 @@ def load_baseline(path: str | Path) -> dict[str, Any]:
             "--update-baseline`"
         )
     data = read_json(path)
-    if not isinstance(data, dict) or data.get("format") != BASELINE_FORMAT or "metrics" not in data:
-        raise ConfigError(f"{path}: not a baseline file of format {BASELINE_FORMAT}")
+    if not isinstance(data, dict) or data.get("format") not in READABLE_FORMATS:
+        raise ConfigError(f"{path}: not a baseline file of format {list(READABLE_FORMATS)}")
+    if "metrics" not in data:
+        raise ConfigError(f"{path}: baseline without 'metrics'")
     return data
 
 
@@ -153,26 +208,94 @@ def compare(baseline: Mapping[str, Any], current: Mapping[str, Any]) -> list[Met
     return diffs
 
 
+def compare_seeds(baseline: Mapping[str, Any], current: Mapping[str, Any]) -> list[MetricDiff]:
+    """One diff per (variant, seed, metric) of the baseline, each with the metric's declared
+    tolerance; a seed or metric absent now is 'missing'."""
+    tolerances = baseline.get("seed_tolerance", {})
+    diffs = []
+    for variant, metrics in baseline["metrics"].items():
+        for metric, base in metrics.items():
+            now = current.get(variant, {}).get(metric) or {}
+            now_by_seed = dict(zip(now.get("seeds", []), now.get("values", []), strict=True))
+            for seed, value in zip(base["seeds"], base["values"], strict=True):
+                current_value = now_by_seed.get(seed)
+                diffs.append(
+                    MetricDiff(
+                        variant=variant,
+                        metric=metric,
+                        baseline=float(value),
+                        current=None if current_value is None else float(current_value),
+                        tolerance=float(tolerances.get(metric, seed_tolerance(metric))),
+                        higher_is_better=bool(base.get("higher_is_better", True)),
+                        seed=int(seed),
+                    )
+                )
+    return diffs
+
+
+def seed_level_applies(
+    baseline: Mapping[str, Any], platform: Mapping[str, str]
+) -> tuple[bool, str | None]:
+    """Whether the per-seed level applies (same platform), and if not, the note saying why."""
+    recorded = baseline.get("platform")
+    if not recorded:
+        return False, (
+            f"the baseline (format {baseline.get('format')}) records no platform: per-(variant, "
+            "seed) check skipped, only the across-seed tolerance applies; refresh it with "
+            "--update-baseline"
+        )
+    differ = sorted(k for k in set(recorded) | set(platform) if recorded.get(k) != platform.get(k))
+    if differ:
+        what = ", ".join(f"{k} {recorded.get(k, '-')} -> {platform.get(k, '-')}" for k in differ)
+        return False, (
+            f"another platform than the baseline's ({what}): per-(variant, seed) check skipped, "
+            "only the across-seed tolerance applies"
+        )
+    return True, None
+
+
+def check(
+    baseline: Mapping[str, Any], current: Mapping[str, Any], platform: Mapping[str, str]
+) -> tuple[list[MetricDiff], list[str]]:
+    """Both levels where they apply: per-seed diffs (same platform only), then across-seed
+    diffs; plus the notes to show (why a level was skipped)."""
+    tight, note = seed_level_applies(baseline, platform)
+    diffs = (compare_seeds(baseline, current) if tight else []) + compare(baseline, current)
+    return diffs, [] if note is None else [note]
+
+
 def failed(diffs: Iterable[MetricDiff]) -> list[MetricDiff]:
-    return [d for d in diffs if d.status in ("REGRESSION", "missing")]
+    return [d for d in diffs if d.status in ("REGRESSION", "CHANGED", "missing")]
 
 
 def diff_table(diffs: Sequence[MetricDiff]):
-    """A rich Table of the comparison (regressions in red, improvements in green)."""
+    """A rich Table of the comparison: per-seed values that changed (every per-seed value when
+    few), then every mean over seeds (failures in red, improvements in green)."""
     from rich.table import Table
 
-    table = Table(title="regression check (test split, mean over seeds)")
-    for col in ("variant", "metric", "baseline", "current", "delta", "tolerance", "status"):
-        table.add_column(col, justify="left" if col in ("variant", "metric", "status") else "right")
-    style = {"REGRESSION": "bold red", "missing": "bold red", "improved": "green", "ok": ""}
-    for d in diffs:
+    seeds = [d for d in diffs if d.seed is not None]
+    shown_seeds = seeds if len(seeds) <= 12 else [d for d in seeds if d.status != "ok"]
+    caption = None
+    if seeds:
+        bad = sum(d.status != "ok" for d in seeds)
+        caption = f"per (variant, seed): {len(seeds) - bad} of {len(seeds)} values within tolerance"
+    table = Table(title="regression check (test split)", caption=caption)
+    columns = ("variant", "seed", "metric", "baseline", "current", "delta", "tolerance", "status")
+    for col in columns:
+        left = col in ("variant", "seed", "metric", "status")
+        table.add_column(col, justify="left" if left else "right")
+    style = {"REGRESSION": "bold red", "CHANGED": "bold red", "missing": "bold red",
+             "improved": "green", "ok": ""}  # fmt: skip
+    for d in [*shown_seeds, *(d for d in diffs if d.seed is None)]:
+        digits = 4 if d.seed is None else 8
         table.add_row(
             d.variant,
+            "mean" if d.seed is None else str(d.seed),
             d.metric,
-            f"{d.baseline:.4f}",
-            "-" if d.current is None else f"{d.current:.4f}",
-            "-" if d.delta is None else f"{d.delta:+.4f}",
-            f"{d.tolerance:.4f}",
+            f"{d.baseline:.{digits}f}",
+            "-" if d.current is None else f"{d.current:.{digits}f}",
+            "-" if d.delta is None else f"{d.delta:+.{digits}f}",
+            f"{d.tolerance:.{digits}g}",
             f"[{style[d.status]}]{d.status}[/]" if style[d.status] else d.status,
         )
     return table
@@ -186,6 +309,8 @@ class RegressionResult:
     updated: bool
     signature: str
     baseline_signature: str | None = None
+    platform: dict[str, str] = field(default_factory=dict)  # where this run ran
+    notes: list[str] = field(default_factory=list)  # e.g. why the per-seed level was skipped
 
     @property
     def ok(self) -> bool:
@@ -238,11 +363,14 @@ def run_regression(
     finally:
         store.close()
     signature = " | ".join(sigs)
+    here = platform_info()
     if update:
-        data = make_baseline(preset_label(preset), variants, seeds, summary, signature)
+        data = make_baseline(preset_label(preset), variants, seeds, summary, signature,
+                             platform=here)  # fmt: skip
         write_baseline(data, baseline_file)
-        return RegressionResult(baseline_file, summary, [], True, signature)
+        return RegressionResult(baseline_file, summary, [], True, signature, platform=here)
+    diffs, notes = check(baseline, summary, here)
     return RegressionResult(
-        baseline_file, summary, compare(baseline, summary), False, signature,
-        baseline.get("signature"),
+        baseline_file, summary, diffs, False, signature, baseline.get("signature"),
+        platform=here, notes=notes,
     )  # fmt: skip

@@ -248,9 +248,10 @@ class Runner:
         return spec.run_id
 
     def prepare_shared(self, spec: RunSpec) -> None:
-        """Build the caches ``spec`` shares with its grid (data, tokenizer, LM) once per runner."""
-        cfg = spec.config  # what the caches depend on: data, LLM, prompt templates
-        key = repr((cfg.data, cfg.model.llm, cfg.prompt))
+        """Build the caches ``spec`` shares with its grid (data, tokenizer, LM, vision tower)
+        once per runner."""
+        cfg = spec.config  # what the caches depend on: data, towers, prompts, the labeler
+        key = repr((cfg.data, cfg.model.llm, cfg.model.vision, cfg.prompt, cfg.eval))
         if self.prepare_fn is not None and key not in self._prepared:
             self.prepare_fn(spec, self.cache_root, progress=self.progress)
             self._prepared.add(key)

@@ -427,8 +427,17 @@ def run_diagnostics(
             autocast=run.autocast,
             progress=progress,
         )
+        head = {}
+        if run.vocab and any(s.lambda_kp > 0 for s in cfg.stages):
+            from s2d_align.inference.keyphrase_eval import evaluate_keyphrase_head
+
+            metrics = evaluate_keyphrase_head(run, split, cache_root=cache_root)
+            if metrics["macro_auroc"] is not None:
+                head["diag/keyphrase_auroc"] = float(metrics["macro_auroc"])
+            head["diag/keyphrase_f1"] = float(metrics["micro_f1"])
     study_labels = _label_texts(labeler, {s.id: s.report for s in studies})
     values = finding_auroc(scores, [study_labels[s.id] for s in studies])
+    values.update(head)  # key-phrase head: macro AUROC over phrases, micro F1 at val thresholds
 
     log_path = run_dir / LOG_FILE
     result = read_json(run_dir / RESULT_FILE)

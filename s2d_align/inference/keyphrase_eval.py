@@ -15,37 +15,8 @@ from typing import Any
 import numpy as np
 
 from s2d_align.errors import ConfigError, DataError
+from s2d_align.evaluation.stats import auroc
 from s2d_align.training.keyphrases import load_vocab_source, micro_f1, oracle_keyphrases
-
-
-def average_ranks(values: np.ndarray) -> np.ndarray:
-    """1-based ranks of ``values``; tied values share the mean of the ranks they span."""
-    values = np.asarray(values, dtype=np.float64).ravel()
-    n = values.size
-    order = np.argsort(values, kind="mergesort")
-    ordered = values[order]
-    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]]) if n else np.array([], int)
-    ends = np.r_[starts[1:], n]
-    ranks = np.empty(n, dtype=np.float64)
-    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
-    return ranks
-
-
-def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the ROC curve of ``scores`` for boolean ``labels`` (both 1-D): the probability
-    that a random positive outscores a random negative, ties counting one half."""
-    scores = np.asarray(scores, dtype=np.float64)
-    labels = np.asarray(labels).astype(bool)
-    if scores.ndim != 1 or scores.shape != labels.shape:
-        raise ValueError(f"scores {scores.shape} and labels {labels.shape}: expected equal 1-D")
-    if not np.isfinite(scores).all():
-        raise ValueError("scores contain NaN or infinity")
-    n_pos = int(labels.sum())
-    n_neg = labels.size - n_pos
-    if n_pos == 0 or n_neg == 0:
-        raise ValueError(f"AUROC needs positives and negatives (got {n_pos} and {n_neg})")
-    u = average_ranks(scores)[labels].sum() - n_pos * (n_pos + 1) / 2.0
-    return float(u / (n_pos * n_neg))
 
 
 def keyphrase_head_metrics(

@@ -145,6 +145,10 @@ def train_tiny_vision(
             if step % 20 == 0 or step == vcfg.pretrain_steps - 1:
                 log["loss"].append([step, round(loss.item(), 5)])
                 bar.set_postfix(loss=f"{loss.item():.3f}")
+        encoder.eval()
+        standardise = getattr(encoder.backbone, "standardise_from", None)
+        if standardise is not None:  # frontal (first) views of every train image
+            standardise(encoder.normalise(images[:, :1].float().div(255.0)))
     log["seconds"] = round(time.perf_counter() - start, 2)
     state = {k: t.detach().clone().contiguous() for k, t in encoder.backbone.state_dict().items()}
     return state, log
@@ -167,7 +171,9 @@ def pretrained_tiny_vision(
     from safetensors.torch import load_file, save_file
 
     if cfg.model.vision.source != "tiny" or cfg.model.vision.pretrain_steps <= 0:
-        raise ConfigError("vision pre-training applies to model.vision.source 'tiny' with steps > 0")
+        raise ConfigError(
+            "vision pre-training applies to model.vision.source 'tiny' with steps > 0"
+        )
     key = vision_cache_key(cfg, material)
     cache_root = Path(cache_root)
     final = cache_root / f"tiny-vision-{key[:24]}"

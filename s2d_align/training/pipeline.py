@@ -39,7 +39,6 @@ from s2d_align.training.predict import (
     tune_keyphrase_threshold,
 )
 from s2d_align.training.prompts import PromptBuilder
-from s2d_align.training.vision_init import initial_vision_state
 from s2d_align.training.retrieval import (
     RETRIEVAL_DIR,
     build_references,
@@ -59,6 +58,7 @@ from s2d_align.training.run_dir import (
     shared_tokenizer,
     train_reports,
 )
+from s2d_align.training.vision_init import initial_vision_state
 from s2d_align.utils.io import read_json, read_jsonl, write_json, write_jsonl
 from s2d_align.utils.seed import seed_everything
 

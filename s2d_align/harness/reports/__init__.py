@@ -4,7 +4,7 @@
 and caches may be gone (images in the qualitative panel are drawn when their files still exist).
 Layout: ``OUT/index.md``; per preset ``OUT/PRESET/ablation.{md,tex,csv}``,
 ``OUT/PRESET/diagnostics.{md,csv}`` (per-run diagnostics, when recorded) and
-``OUT/PRESET/figures/*.png``; per Optuna study ``OUT/sweeps/STUDY/{trials.csv,*.png}``.
+``OUT/PRESET/figures/*.png`` (``ablation_bars``, ``delta_forest`` ...); per Optuna study ``OUT/sweeps/STUDY/{trials.csv,*.png}``.
 """
 
 from __future__ import annotations
@@ -90,8 +90,16 @@ def preset_report(store: Store, preset: str, out_dir: Path, split: str = "test")
             _write(base / "diagnostics.md", diagnostics.to_markdown(diag)),
             _write(base / "diagnostics.csv", diagnostics.to_csv(diag)),
         ]
+    intervals = {
+        (variant, m): (c.ci_low, c.ci_high)
+        for variant, cells in table.rows.items()
+        for m, c in cells.items()
+    }
     maybe = [
-        figures.ablation_bars(metrics, table.metrics, split, fig_dir / "ablation_bars.png"),
+        figures.ablation_bars(
+            metrics, table.metrics, split, fig_dir / "ablation_bars.png", intervals
+        ),
+        figures.delta_forest(table, fig_dir / "delta_forest.png"),
         figures.ce_heatmap(metrics, split, fig_dir / "ce_f1_heatmap.png"),
         figures.training_curves(_train_logs(store, results), fig_dir / "training_curves.png"),
     ]

@@ -7,9 +7,10 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from s2d_align.errors import ConfigError
 from s2d_align.harness.references import is_reference, order_references
 from s2d_align.harness.store import Run, Store
-from s2d_align.harness.variants import DEFAULT_VARIANTS, REFERENCE_VARIANT
+from s2d_align.harness.variants import REFERENCE_VARIANT, sort_by_order
 
 
 @dataclass
@@ -36,15 +37,20 @@ class PresetResults:
 
 
 def order_variants(names: Sequence[str]) -> list[str]:
-    """Shipped variants in their documented order (reference first), then any others sorted,
-    then reference rows (``ref:...``, made without training) last."""
+    """Variants with a file in the variants folder in the grid's ``order:`` (s2d has order 0),
+    then any others sorted (the reference variant first when it has no file), then reference
+    rows (``ref:...``, made without training) last."""
     rows = [n for n in set(names) if is_reference(n)]
     names = [n for n in set(names) if not is_reference(n)]
-    known = [v for v in DEFAULT_VARIANTS if v in set(names)]
-    if REFERENCE_VARIANT in known:
-        known.remove(REFERENCE_VARIANT)
+    try:
+        known = sort_by_order(names)
+    except ConfigError:  # a broken variant file must not stop a report; ``ablate`` names it
+        known = []
+    others = sorted(set(names) - set(known))
+    if REFERENCE_VARIANT in others:
+        others.remove(REFERENCE_VARIANT)
         known.insert(0, REFERENCE_VARIANT)
-    return known + sorted(set(names) - set(known)) + order_references(rows)
+    return known + others + order_references(rows)
 
 
 def presets_in(store: Store, purpose: str = "ablate") -> list[str]:

@@ -31,6 +31,14 @@ _FIXED = {
         "macro AUROC, over observations, of the likelihood of a canonical finding sentence "
         "against the reference label (0.5: blind to the image)",
     ),
+    "diag/keyphrase_auroc": (
+        "key-phrase AUROC",
+        "key-phrase head: macro AUROC over vocabulary phrases present in the split",
+    ),
+    "diag/keyphrase_f1": (
+        "key-phrase F1",
+        "key-phrase head: micro F1 at the per-phrase thresholds tuned on val",
+    ),
     "diag/retrieval_label_precision": (
         "retrieval precision",
         "share of retrieved reference reports stating exactly the study's positive findings",
@@ -94,6 +102,8 @@ def order_metrics(names: set[str], stages: list[str]) -> list[str]:
             return (1, name)
         if name == "diag/finding_auroc":
             return (2,)
+        if name.startswith("diag/keyphrase_"):
+            return (2.5, name)
         if name.startswith("diag/gate/"):
             return (3, *stage_rank("diag/gate/"))
         if name.startswith("diag/align_vs_chance/"):

@@ -1,5 +1,6 @@
-"""Seaborn figures built from store frames: ablation bars, CE heatmap, training curves,
-report lengths, sweep history and parameter importance. Each function writes one PNG.
+"""Seaborn figures built from store frames: ablation bars, Δ-vs-reference forest plot, CE
+heatmap, training curves, report lengths, sweep history and parameter importance. Each function
+writes one PNG and states its one kind of uncertainty in its title.
 
 Matplotlib runs headless (Agg) and every figure is closed after saving, so a long report run
 does not accumulate memory.
@@ -21,6 +22,8 @@ import seaborn as sns
 
 from s2d_align.harness.references import REFERENCE_PREFIX, display_name
 from s2d_align.harness.reports.data import order_variants
+from s2d_align.harness.reports.significance import CORPUS
+from s2d_align.harness.reports.tables import MARK, AblationTable
 
 DPI = 130
 
@@ -37,9 +40,17 @@ def _is_row(frame: pd.DataFrame) -> pd.Series:
     return frame["variant"].astype(str).str.startswith(REFERENCE_PREFIX).astype(bool)
 
 
-def ablation_bars(metrics: pd.DataFrame, names: Sequence[str], split: str, path: Path) -> Path:
-    """One panel per metric: mean over seeds (bar), mean bootstrap 95% CI (error bar), seeds (dots);
-    reference rows (``ref:...``) as dashed horizontal lines."""
+def ablation_bars(
+    metrics: pd.DataFrame,
+    names: Sequence[str],
+    split: str,
+    path: Path,
+    intervals: Mapping[tuple[str, str], tuple[float | None, float | None]] | None = None,
+) -> Path:
+    """One panel per metric: mean over seeds (bar), seeds (dots) and, from ``intervals``
+    (``(variant, metric) -> (low, high)``), the 95% hierarchical bootstrap interval of the mean
+    over seeds (error bar); reference rows (``ref:...``) as dashed horizontal lines."""
+    intervals = intervals or {}
     frame = metrics[(metrics["split"] == split) & metrics["metric"].isin(names)]
     ref_rows = frame[_is_row(frame)]
     frame = frame[~_is_row(frame)]
@@ -58,9 +69,12 @@ def ablation_bars(metrics: pd.DataFrame, names: Sequence[str], split: str, path:
         sub = frame[frame["metric"] == name]
         agg = (
             sub.groupby("variant")
-            .agg(value=("value", "mean"), lo=("ci_low", "mean"), hi=("ci_high", "mean"))
+            .agg(value=("value", "mean"))
             .reindex([v for v in order if v in set(sub["variant"])])
         )
+        bounds = [intervals.get((v, name), (None, None)) for v in agg.index]
+        agg["lo"] = pd.to_numeric(pd.Series([b[0] for b in bounds], index=agg.index))
+        agg["hi"] = pd.to_numeric(pd.Series([b[1] for b in bounds], index=agg.index))
         xs = range(len(agg))
         ax.bar(xs, agg["value"], color=[palette[v] for v in agg.index], alpha=0.85)
         has_ci = agg["lo"].notna() & agg["hi"].notna()
@@ -91,8 +105,57 @@ def ablation_bars(metrics: pd.DataFrame, names: Sequence[str], split: str, path:
                    for v in ref_order]  # fmt: skip
         fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 0.93), fontsize=7,
                    title="no training", title_fontsize=7)  # fmt: skip
+    what = "95% hierarchical bootstrap CI (seeds, then studies)" if intervals else "no intervals"
     fig.suptitle(
-        f"Ablation ({split}): mean over seeds, bootstrap 95% CI, dots = seeds", fontsize=10
+        f"Ablation ({split}): bar = mean over seeds, error bar = {what}, dots = seeds", fontsize=10
+    )
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def delta_forest(table: AblationTable, path: Path) -> Path | None:
+    """Forest plot: per metric, each variant's difference from the reference variant (mean over
+    seeds of per-seed differences) with its 95% hierarchical bootstrap interval; significant
+    cells (seed-level test, Holm) drawn filled and marked with the dagger and k/n."""
+    names = [m for m in table.metrics if any(
+        m in cells and cells[m].delta is not None for cells in table.rows.values())]  # fmt: skip
+    variants = [v for v in table.rows if v != table.reference]
+    if not names or not variants:
+        return None
+    sns.set_theme(style="whitegrid", context="paper")
+    cols = min(4, len(names))
+    rows = -(-len(names) // cols)
+    height = 0.32 * len(variants) + 1.4
+    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols + 0.6, height * rows), squeeze=False)
+    for ax in axes.flat[len(names) :]:
+        ax.set_visible(False)
+    palette = dict(zip(variants, sns.color_palette("tab10", len(variants)), strict=False))
+    for ax, name in zip(axes.flat, names, strict=False):
+        labels = []
+        for y, variant in enumerate(variants):
+            c = table.rows[variant].get(name)
+            labels.append(variant)
+            if c is None or c.delta is None:
+                continue
+            colour = palette[variant]
+            if c.delta_low is not None and c.delta_high is not None:
+                ax.plot([c.delta_low, c.delta_high], [y, y], color=colour, lw=1.6)
+            face = colour if c.significant else "white"
+            ax.scatter([c.delta], [y], s=28, color=face, edgecolors=colour, zorder=3)
+            if c.significant:
+                labels[-1] = f"{variant} {MARK}{c.seeds_significant}"
+        ax.axvline(0.0, color="black", lw=0.8)
+        ax.set_yticks(range(len(variants)), labels, fontsize=7)
+        ax.set_ylim(len(variants) - 0.5, -0.5)
+        ax.tick_params(axis="x", labelsize=7)
+        proxy = " (mean sentence score)" if table.basis.get(name, CORPUS) != CORPUS else ""
+        ax.set_title(f"Δ {name.replace('ce/', 'CE ')}{proxy}", fontsize=9)
+    fig.suptitle(
+        f"Difference vs {table.reference} ({table.split}): mean over seeds of per-seed "
+        "differences, 95% hierarchical bootstrap CI (seeds, then studies);\n"
+        f"filled, {MARK} k/n: seed-level paired test, Holm over {table.tested} cells, "
+        "k/n seeds significant on their own",
+        fontsize=9,
     )
     fig.tight_layout()
     return _save(fig, path)

@@ -3,13 +3,17 @@
 One computation (:func:`ablation_table`) feeds three renderers (Markdown, LaTeX, CSV), so the
 formats can never disagree.
 
-Significance: for each variant and metric, a paired approximate-randomisation test against the
-reference variant (s2d) (see ``significance.py`` for how each metric's statistic is rebuilt from
-the store). Pairs are (seed, study): the variant's seed-s run against the reference's seed-s
-run, pooled over the seeds both have. So the test asks whether the variant differs from s2d on
-the same test studies under the same seeds; it does not model seed-to-seed variance, which the
-sd column shows. p-values are Holm-corrected over the variants of each metric. Per-seed tests
-are in the CSV (``seeds_significant``: in how many seeds the unpooled test is significant).
+Statistics, with the training seed as the unit (``significance.py`` rebuilds each metric's
+statistic from the store, at corpus level where it decomposes over studies):
+
+- the main table shows mean +- sd over seeds, and nothing else as uncertainty;
+- the difference table and the forest figure show Delta vs the reference variant (s2d): the mean
+  over seeds of per-seed differences (seed s against s2d's seed s, same studies) with a 95%
+  hierarchical bootstrap interval (seeds, then studies within each seed);
+- the bar figure shows each variant's mean over seeds with the same kind of interval;
+- the dagger: p = max(t-test of the per-seed differences over seeds, randomisation of studies
+  within seeds), Holm-corrected over every cell the table tests (all variants x metrics); next
+  to it k/n, the seeds whose own paired test is significant (uncorrected).
 """
 
 from __future__ import annotations
@@ -28,15 +32,22 @@ from s2d_align.harness.references import (
     reference_variant,
 )
 from s2d_align.harness.reports.data import PresetResults
-from s2d_align.harness.reports.significance import TRIALS, PairedTests, RunPair
+from s2d_align.harness.reports.significance import (
+    CORPUS,
+    N_BOOT,
+    PROXY_REASONS,
+    SEED_TRIALS,
+    PairedTests,
+    RunPair,
+)
 from s2d_align.harness.store import Store
 from s2d_align.harness.variants import REFERENCE_VARIANT
 
 NLG_COLUMNS = ("BLEU_1", "BLEU_4", "METEOR", "ROUGE_L", "CIDEr")
 ALPHA = 0.05
-RESAMPLES = TRIALS
-SEED_TRIALS = 2_000  # per-seed agreement column only
-MARK = "†"  # differs significantly from the reference variant (Holm-corrected)
+RESAMPLES = N_BOOT  # hierarchical bootstrap resamples per interval
+TRIALS = SEED_TRIALS  # randomisation trials per tested cell
+MARK = "†"  # differs significantly from the reference variant (seed-level test, Holm-corrected)
 
 
 @dataclass
@@ -45,10 +56,17 @@ class Cell:
     sd: float
     n: int
     delta: float | None = None  # variant mean - reference mean
-    p_value: float | None = None  # pooled paired test vs the reference (raw)
-    p_holm: float | None = None
-    seeds_significant: str = ""  # "2/3": per-seed tests significant at ALPHA
+    p_value: float | None = None  # seed-level paired test vs the reference (raw)
+    p_holm: float | None = None  # Holm over every tested cell of the table
+    seeds_significant: str = ""  # "2/3": per-seed tests significant at ALPHA (uncorrected)
     best: bool = False
+    # 95% hierarchical bootstrap intervals (seeds, then studies), on the reported values
+    ci_low: float | None = None  # of the mean over seeds
+    ci_high: float | None = None
+    delta_low: float | None = None  # of delta
+    delta_high: float | None = None
+    p_seeds: float | None = None  # t-test of per-seed differences over seeds
+    p_studies: float | None = None  # randomisation of studies within seeds
 
     @property
     def significant(self) -> bool:
@@ -68,6 +86,8 @@ class AblationTable:
     # reference rows (ref:NAME -> metric -> cell): made without training, shown below the
     # variants, never marked best, never tested
     references: dict[str, dict[str, Cell]] = field(default_factory=dict)
+    basis: dict[str, str] = field(default_factory=dict)  # metric -> CORPUS or SENTENCE_MEAN
+    tested: int = 0  # cells in the Holm family
 
 
 def table_metrics(results: PresetResults, split: str) -> list[str]:
@@ -100,14 +120,26 @@ def _significance(
     metrics: list[str],
     split: str,
     reference: str,
-) -> None:
-    """Fill delta, pooled p (raw and Holm) and per-seed agreement into the cells."""
-    if reference not in rows:
-        return
+) -> tuple[dict[str, str], int]:
+    """Fill intervals, delta intervals, seed-level p (raw and Holm) and per-seed agreement into
+    the cells; return each metric's statistic basis and the size of the Holm family.
+
+    Intervals are computed on each metric's statistic and placed on the reported value (shifted
+    by reported - statistic): no shift for exact statistics, the corpus - sentence gap for a
+    proxy such as METEOR."""
     mapping = ce.parse_headline(results.headline)[0] if results.headline else "u0"
     tests = PairedTests(store, split, results.manifest_hashes.get(split, []), mapping)
+    all_runs = [r for v in rows for r in results.run_ids(v)]
+    basis = {m: tests.plan(m, all_runs).basis for m in metrics}
+    for variant, cells in rows.items():
+        present = [m for m in metrics if m in cells]
+        for m, iv in tests.seed_intervals(present, results.seeds_of(variant)).items():
+            shift = cells[m].mean - iv.value
+            cells[m].ci_low, cells[m].ci_high = iv.low + shift, iv.high + shift
+    if reference not in rows:
+        return basis, 0
     ref_seeds = results.seeds_of(reference)
-    raw: dict[str, dict[str, float]] = {m: {} for m in metrics}
+    raw: dict[tuple[str, str], float] = {}
     for variant, cells in rows.items():
         if variant == reference:
             continue
@@ -118,17 +150,17 @@ def _significance(
             cells[m].delta = cells[m].mean - rows[reference][m].mean
         if not pairs:
             continue
-        for m, p in tests.p_values(present, pairs).items():
-            cells[m].p_value = raw[m][variant] = p
-        hits: dict[str, int] = {}
-        for pair in pairs:
-            for m, p in tests.p_values(present, [pair], trials=SEED_TRIALS, seed=pair.seed).items():
-                hits[m] = hits.get(m, 0) + int(p < ALPHA)
-        for m, k in hits.items():
-            cells[m].seeds_significant = f"{k}/{len(pairs)}"
-    for m in metrics:
-        for variant, p in _holm(raw[m]).items():
-            rows[variant][m].p_holm = p
+        for m, test in tests.seed_tests(present, pairs).items():
+            cell = cells[m]
+            shift = cell.delta - test.delta
+            cell.delta_low, cell.delta_high = test.low + shift, test.high + shift
+            cell.p_seeds, cell.p_studies = test.p_seeds, test.p_studies
+            cell.seeds_significant = f"{test.seeds_significant}/{test.n_seeds}"
+            if test.p_value is not None:
+                cell.p_value = raw[(variant, m)] = test.p_value
+    for (variant, m), p in _holm(raw).items():
+        rows[variant][m].p_holm = p
+    return basis, len(raw)
 
 
 def ablation_table(
@@ -152,7 +184,7 @@ def ablation_table(
                 sd = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
                 cells[m] = Cell(float(vals.mean()), sd, len(vals))
         rows[variant] = cells
-    _significance(store, results, rows, metrics, split, reference)
+    basis, tested = _significance(store, results, rows, metrics, split, reference)
     for m in metrics:
         present = [(v, c[m].mean) for v, c in rows.items() if m in c]
         if present:
@@ -167,8 +199,9 @@ def ablation_table(
             k: float(r[k].mean()) if r[k].notna().any() else float("nan")
             for k in ("steps", "tokens_seen", "train_wall_s")
         }
-    table = AblationTable(results.preset, split, reference, metrics, hib, rows, compute)
-    table.footnotes = footnotes(results, split, reference)
+    table = AblationTable(results.preset, split, reference, metrics, hib, rows, compute,
+                          basis=basis, tested=tested)  # fmt: skip
+    table.footnotes = footnotes(results, split, reference, table)
     if references is None:
         references = load_reference_rows(
             store, results.preset, split, results.manifest_hashes.get(split, [])
@@ -210,19 +243,67 @@ def reference_footnotes(references: ReferenceRows, results: PresetResults, split
     return notes
 
 
-def footnotes(results: PresetResults, split: str, reference: str) -> list[str]:
+PROXY = "‡"  # column tested on its mean sentence score (no exact corpus-level statistic)
+
+
+def significance_note(reference: str, tested: int) -> str:
+    return (
+        f"{MARK} (k/n): differs from `{reference}` in a seed-level paired test. Per seed s, the "
+        f"corpus-level difference between the variant's seed-s run and `{reference}`'s seed-s "
+        "run on the same studies; p = max(t-test of the per-seed differences over seeds, "
+        f"df = seeds - 1; paired randomisation of studies within each seed, {TRIALS:,} trials), "
+        "so a difference carried by one seed is not marked (nor is a variant with one seed); "
+        f"Holm-corrected over all {tested} tested cells of this table (variants × metrics); "
+        f"alpha {ALPHA}. k/n: seeds whose own paired randomisation test is significant at "
+        f"{ALPHA} (uncorrected)."
+    )
+
+
+def basis_note(basis: dict[str, str]) -> str:
+    exact = [m for m, b in basis.items() if b == CORPUS]
+    proxy = [m for m, b in basis.items() if b != CORPUS]
+    note = ""
+    if exact:
+        note = (
+            "Tested and resampled at corpus level (BLEU from per-study n-gram statistics, CE "
+            "from CE labels, ROUGE-L and CIDEr as means of per-study scores): "
+            + ", ".join(_short(m) for m in exact)
+            + "."
+        )
+    if proxy:
+        why = sorted({PROXY_REASONS["METEOR" if m == "METEOR" else "BLEU"] for m in proxy})
+        note += (
+            f" {PROXY}: tested on the mean sentence score ({'; '.join(why)}); its intervals are "
+            "shifted onto the corpus value: " + ", ".join(_short(m) for m in proxy) + "."
+        )
+    return note.strip()
+
+
+def delta_note(reference: str) -> str:
+    return (
+        f"Δ [95% CI]: the mean over seeds of per-seed differences vs `{reference}`, with a "
+        f"hierarchical bootstrap interval ({RESAMPLES:,} resamples of seeds, then of studies "
+        "within each seed), not corrected for multiplicity; p: Holm-adjusted."
+    )
+
+
+def footnotes(
+    results: PresetResults, split: str, reference: str, table: AblationTable | None = None
+) -> list[str]:
     n_seeds = sorted(set(results.runs.groupby("variant")["seed"].nunique()))
     shas = sorted(set(results.runs["git_sha"]))
     notes = [
         f"Preset `{results.preset}`, {split} split; mean ± sd over {'/'.join(map(str, n_seeds))} "
-        f"seed(s) per variant; best per column in bold.",
-        f"{MARK}: differs from `{reference}` (paired approximate randomisation, {RESAMPLES:,} "
-        "trials, pairs = (seed, study) pooled over seeds; CE cells recomputed exactly from the "
-        "CE labels, other metrics as means of per-sample scores (a sentence-level proxy for "
-        f"corpus BLEU and METEOR); Holm-corrected over variants per metric; alpha {ALPHA}).",
-        "Every variant trains for the same number of optimizer steps (compute matching); "
-        "tokens seen differ with the prompt contexts.",
+        "seed(s) per variant (± is the spread over training seeds, the only uncertainty in this "
+        "table; intervals are in the difference table and the figures); best per column in bold.",
+        significance_note(reference, table.tested if table else 0),
     ]
+    if table is not None and table.basis:
+        notes.append(basis_note(table.basis))
+    notes.append(
+        "Every variant trains for the same number of optimizer steps (compute matching); "
+        "tokens seen differ with the prompt contexts."
+    )
     sigs = results.signatures.get(split, [])
     if len(sigs) == 1:
         notes.append(f"Protocol signature: `{sigs[0]}`")
@@ -244,8 +325,23 @@ def _short(metric: str) -> str:
     return metric.replace("ce/", "CE ").replace("/", " ")
 
 
+def _head(table: AblationTable, metric: str) -> str:
+    """Column header; a proxy-tested metric carries :data:`PROXY`."""
+    proxy = table.basis.get(metric, CORPUS) != CORPUS
+    return _short(metric) + (PROXY if proxy else "")
+
+
+def _delta_md(c: Cell) -> str:
+    if c.delta is None:
+        return "-"
+    ci = "" if c.delta_low is None else f" [{c.delta_low:+.3f}, {c.delta_high:+.3f}]"
+    seeds = f" {c.seeds_significant}" if c.seeds_significant else ""
+    p = "" if c.p_holm is None else f" p={c.p_holm:.2g}"
+    return f"{c.delta:+.3f}{ci}{MARK if c.significant else ''}{seeds}{p}"
+
+
 def to_markdown(table: AblationTable) -> str:
-    head = ["variant", "seeds", "steps", "tokens seen", *(_short(m) for m in table.metrics)]
+    head = ["variant", "seeds", "steps", "tokens seen", *(_head(table, m) for m in table.metrics)]
     lines = [
         f"### Ablation: `{table.preset}` ({table.split})",
         "",
@@ -263,7 +359,7 @@ def to_markdown(table: AblationTable) -> str:
                 continue
             text = f"{_fmt(c.mean)} ± {_fmt(c.sd)}"
             text = f"**{text}**" if c.best else text
-            out.append(text + (MARK if c.significant else ""))
+            out.append(text + (f"{MARK} ({c.seeds_significant})" if c.significant else ""))
         lines.append("| " + " | ".join(out) + " |")
     if table.references:
         lines.append("| *reference rows (no training)* |" + " |" * (len(head) - 1))
@@ -271,20 +367,13 @@ def to_markdown(table: AblationTable) -> str:
             out = [f"`{display_name(variant)}`", "-", "-", "-"]
             out += [_fmt(cells[m].mean) if m in cells else "-" for m in table.metrics]
             lines.append("| " + " | ".join(out) + " |")
-    lines += ["", f"#### Difference vs `{table.reference}`", ""]
-    lines += ["| variant | " + " | ".join(_short(m) for m in table.metrics) + " |"]
+    lines += ["", f"#### Difference vs `{table.reference}`", "", f"*{delta_note(table.reference)}*"]
+    lines += ["", "| variant | " + " | ".join(_head(table, m) for m in table.metrics) + " |"]
     lines += ["|---|" + "---:|" * len(table.metrics)]
     for variant, cells in table.rows.items():
         if variant == table.reference:
             continue
-        out = []
-        for m in table.metrics:
-            c = cells.get(m)
-            if c is None or c.delta is None:
-                out.append("-")
-            else:
-                p = "" if c.p_holm is None else f" (p={c.p_holm:.3g})"
-                out.append(f"{c.delta:+.3f}{MARK if c.significant else ''}{p}")
+        out = [_delta_md(cells[m]) if m in cells else "-" for m in table.metrics]
         lines.append(f"| `{variant}` | " + " | ".join(out) + " |")
     lines += [""] + [f"{i + 1}. {note}" for i, note in enumerate(table.footnotes)]
     return "\n".join(lines) + "\n"
@@ -300,6 +389,18 @@ def _tex(text: str) -> str:
     return "".join(repl.get(ch, ch) for ch in text)
 
 
+#: What the small type in a LaTeX cell means (the table has no room for intervals).
+LATEX_NOTE = (
+    "Small type: (Δ vs `{reference}`; k/n seeds significant on their own); intervals of Δ are "
+    "in the Markdown and CSV tables and the forest figure."
+)
+
+
+def _tex_head(table: AblationTable, metric: str) -> str:
+    proxy = table.basis.get(metric, CORPUS) != CORPUS
+    return _tex(_short(metric)) + (r"$^\ddagger$" if proxy else "")
+
+
 def to_latex(table: AblationTable) -> str:
     cols = "l" + "r" * (len(table.metrics) + 1)
     lines = [
@@ -308,7 +409,7 @@ def to_latex(table: AblationTable) -> str:
         r"\centering\small",
         rf"\begin{{tabular}}{{{cols}}}",
         r"\toprule",
-        " & ".join(["Variant", "Tokens", *(_tex(_short(m)) for m in table.metrics)]) + r" \\",
+        " & ".join(["Variant", "Tokens", *(_tex_head(table, m) for m in table.metrics)]) + r" \\",
         r"\midrule",
     ]
     for variant, cells in table.rows.items():
@@ -320,7 +421,8 @@ def to_latex(table: AblationTable) -> str:
                 continue
             mean = rf"\textbf{{{_fmt(c.mean)}}}" if c.best else _fmt(c.mean)
             mark = r"$^\dagger$" if c.significant else ""
-            delta = "" if c.delta is None else rf" \scriptsize{{({c.delta:+.3f})}}"
+            seeds = f"; {c.seeds_significant}" if c.seeds_significant else ""
+            delta = "" if c.delta is None else rf" \scriptsize{{({c.delta:+.3f}{seeds})}}"
             out.append(rf"{mean}{{\scriptsize$\pm${_fmt(c.sd)}}}{mark}{delta}")
         lines.append(" & ".join(out) + r" \\")
     if table.references:
@@ -331,11 +433,21 @@ def to_latex(table: AblationTable) -> str:
             lines.append(" & ".join(out) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     notes = " ".join(
-        _tex(n).replace("†", r"$^\dagger$").replace("±", r"$\pm$") for n in table.footnotes
+        _tex(n)
+        .replace("†", r"$^\dagger$")
+        .replace("‡", r"$^\ddagger$")
+        .replace("±", r"$\pm$")
+        .replace("×", r"$\times$")
+        .replace("Δ", r"$\Delta$")
+        for n in [LATEX_NOTE.format(reference=table.reference), *table.footnotes]
     )
     lines += [rf"\caption{{Ablation on \texttt{{{_tex(table.preset)}}} ({table.split}). {notes}}}"]
     lines += [rf"\label{{tab:ablation-{_tex(table.preset)}}}", r"\end{table}"]
     return "\n".join(lines) + "\n"
+
+
+def _num(x: float | None) -> str:
+    return "" if x is None else f"{x:.6f}"
 
 
 def to_csv(table: AblationTable) -> str:
@@ -357,6 +469,13 @@ def to_csv(table: AblationTable) -> str:
             "p_holm",
             "significant",
             "seeds_significant",
+            "ci_low",
+            "ci_high",
+            "delta_ci_low",
+            "delta_ci_high",
+            "p_seeds",
+            "p_studies",
+            "test_basis",
             "steps",
             "tokens_seen",
             "train_wall_s",
@@ -385,6 +504,13 @@ def to_csv(table: AblationTable) -> str:
                     "" if c.p_holm is None else f"{c.p_holm:.6g}",
                     int(c.significant),
                     c.seeds_significant,
+                    _num(c.ci_low),
+                    _num(c.ci_high),
+                    _num(c.delta_low),
+                    _num(c.delta_high),
+                    "" if c.p_seeds is None else f"{c.p_seeds:.6g}",
+                    "" if c.p_studies is None else f"{c.p_studies:.6g}",
+                    table.basis.get(m, ""),
                     _int(comp["steps"]).replace(",", ""),
                     _int(comp["tokens_seen"]).replace(",", ""),
                     f"{comp['train_wall_s']:.2f}",
@@ -396,6 +522,7 @@ def to_csv(table: AblationTable) -> str:
             if m in cells:
                 c = cells[m]
                 row = [table.preset, table.split, variant, m, f"{c.mean:.6f}", "", "", 0]
-                row += [int(table.higher_is_better[m]), "", "", "", 0, "", 0, 0, "0.00"]
+                row += [int(table.higher_is_better[m]), "", "", "", 0, ""]
+                row += ["", "", "", "", "", "", "", 0, 0, "0.00"]
                 writer.writerow([*row, "reference"])
     return buf.getvalue()
