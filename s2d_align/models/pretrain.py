@@ -7,9 +7,7 @@ config, the tokenizer and the train reports; it is cached under
 fixed seed inside a forked RNG, so a cache hit and a cache miss leave the caller's RNG streams
 in the same state (a run is identical whether or not it had to pre-train).
 
-The cache folder is written under a temporary name and renamed into place, so a killed run
-never leaves a half-written cache, and two processes racing on the same key both end with the
-same (deterministic) weights.
+The cache entry is written atomically by :mod:`s2d_align.models.weights_cache`.
 """
 
 from __future__ import annotations
@@ -17,11 +15,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import shutil
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import torch
@@ -30,15 +25,13 @@ from s2d_align.config import to_dict
 from s2d_align.config.schema import Config
 from s2d_align.errors import ConfigError, DataError
 from s2d_align.models.llm import build_tiny_llm
-from s2d_align.utils.io import read_json, write_json
+from s2d_align.models.weights_cache import cached_weights
 
 PRETRAIN_SEED = 1234  # fixed on purpose: the cache is shared by every run seed
 BATCH_SIZE = 32
 WARMUP_FRACTION = 0.1
 MIN_LR_FRACTION = 0.1
-CACHE_FORMAT = 1
-WEIGHTS_NAME = "model.safetensors"
-META_NAME = "meta.json"
+CACHE_FORMAT = 2  # 2: entries written by models.weights_cache
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -149,37 +142,15 @@ def pretrained_tiny_llm(
     progress: bool = False,
 ) -> dict[str, torch.Tensor]:
     """The pre-trained tiny LM's state dict, from the cache or trained (then cached) now."""
-    from safetensors.torch import load_file, save_file
-
     if cfg.model.llm.source != "tiny":
         raise ConfigError("pre-training applies to model.llm.source 'tiny' only")
     if not train_reports:
         raise DataError("tiny LM pre-training needs at least one train-split report")
-    key = pretrain_cache_key(cfg, tokenizer, train_reports)
-    cache_root = Path(cache_root)
-    final = cache_root / f"tiny-llm-{key[:24]}"
-    if not final.is_dir():
+
+    def build() -> tuple[dict[str, torch.Tensor], dict]:
         state, log = train_tiny_llm(cfg, tokenizer, train_reports, progress=progress)
-        tmp = cache_root / f".tmp-{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir(parents=True)
-        try:
-            save_file(state, str(tmp / WEIGHTS_NAME))
-            meta = {"key": key, "n_reports": len(train_reports), "llm": to_dict(cfg.model.llm)}
-            write_json(tmp / META_NAME, {**meta, "log": log})
-            try:
-                os.rename(tmp, final)
-            except OSError:
-                if not final.is_dir():  # not a lost race: a real failure
-                    raise
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-    meta = read_json(final / META_NAME)
-    if meta.get("key") != key:
-        raise DataError(f"{final / META_NAME}: cache key mismatch (expected {key})")
-    try:
-        return load_file(final / WEIGHTS_NAME)
-    except Exception as exc:
-        raise DataError(
-            f"{final / WEIGHTS_NAME}: unreadable cached weights ({exc}); delete {final}"
-        ) from None
+        meta = {"n_reports": len(train_reports), "llm": to_dict(cfg.model.llm), "log": log}
+        return state, meta
+
+    key = pretrain_cache_key(cfg, tokenizer, train_reports)
+    return cached_weights(Path(cache_root), "tiny-llm", key, build)[0]

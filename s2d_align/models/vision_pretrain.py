@@ -9,8 +9,8 @@ reports (positive and uncertain count as present). Every variant and seed then s
 same weights (frozen, LoRA or full, as its stages declare).
 
 The result depends only on the vision config, the images, the labels and this recipe; it is
-cached under ``cache_root/tiny-vision-<sha256>/``, written atomically like the tiny LM's
-pre-training, and computed inside a forked RNG with its own seed, so a cache hit and a miss
+cached under ``cache_root/tiny-vision-<sha256>/`` (:mod:`s2d_align.models.weights_cache`), and
+computed inside a forked RNG with its own seed, so a cache hit and a miss
 leave the caller's random streams identical.
 """
 
@@ -19,11 +19,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import shutil
 import sys
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -35,15 +32,13 @@ from s2d_align.config import to_dict
 from s2d_align.config.schema import Config
 from s2d_align.errors import ConfigError, DataError
 from s2d_align.models.tiny_cnn import ARCH_VERSION as CNN_VERSION
-from s2d_align.utils.io import read_json, write_json
+from s2d_align.models.weights_cache import cached_weights
 
 PRETRAIN_SEED = 4321  # fixed on purpose: the cache is shared by every run seed
 BATCH_SIZE = 32
 WARMUP_FRACTION = 0.05
 MAX_SHIFT = 4  # random translation in pixels: cheap augmentation against memorising positions
 CACHE_FORMAT = 1
-WEIGHTS_NAME = "backbone.safetensors"
-META_NAME = "meta.json"
 
 
 def vision_cache_key(cfg: Config, material: str) -> str:
@@ -168,40 +163,17 @@ def pretrained_tiny_vision(
     """The pre-trained backbone state dict (from the cache, or trained and cached now) and the
     cache folder (its ``meta.json`` holds the training log). ``targets`` is called only on a
     cache miss (labelling the train reports is the costly part of a hit otherwise)."""
-    from safetensors.torch import load_file, save_file
-
     if cfg.model.vision.source != "tiny" or cfg.model.vision.pretrain_steps <= 0:
         raise ConfigError(
             "vision pre-training applies to model.vision.source 'tiny' with steps > 0"
         )
-    key = vision_cache_key(cfg, material)
-    cache_root = Path(cache_root)
-    final = cache_root / f"tiny-vision-{key[:24]}"
-    if not final.is_dir():
+
+    def build() -> tuple[dict[str, torch.Tensor], dict]:
         state, log = train_tiny_vision(cfg, pixels, n_views, targets(), progress=progress)
-        tmp = cache_root / f".tmp-{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir(parents=True)
-        try:
-            save_file(state, str(tmp / WEIGHTS_NAME))
-            meta = {"key": key, "n_images": len(pixels), "vision": to_dict(cfg.model.vision)}
-            write_json(tmp / META_NAME, {**meta, **(extra_meta or {}), "log": log})
-            try:
-                os.rename(tmp, final)
-            except OSError:
-                if not final.is_dir():
-                    raise
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-    meta = read_json(final / META_NAME)
-    if meta.get("key") != key:
-        raise DataError(f"{final / META_NAME}: cache key mismatch (expected {key})")
-    try:
-        return load_file(final / WEIGHTS_NAME), final
-    except Exception as exc:
-        raise DataError(
-            f"{final / WEIGHTS_NAME}: unreadable cached weights ({exc}); delete {final}"
-        ) from None
+        meta = {"n_images": len(pixels), "vision": to_dict(cfg.model.vision), "log": log}
+        return state, {**meta, **(extra_meta or {})}
+
+    return cached_weights(Path(cache_root), "tiny-vision", vision_cache_key(cfg, material), build)
 
 
 def label_targets(labels: Sequence[dict], observations: Sequence[str]) -> np.ndarray:
