@@ -79,7 +79,9 @@ def test_table_shows_mean_sd_best_delta_and_significance(filled_store):
     assert sft.delta == pytest.approx(sft.mean - rouge["s2d"].mean)
     assert sft.delta_high < 0 and sft.delta_low < sft.delta < sft.delta_high
     assert sft.seeds_significant.endswith("/3")  # 24 studies: not every seed on its own
-    assert sft.p_value == max(sft.p_seeds, sft.p_studies) and sft.p_holm >= sft.p_value
+    # p is the weakest seed's: with a seed that is not significant on its own, nor is the cell
+    agreeing = int(sft.seeds_significant.split("/")[0])
+    assert sft.p_holm >= sft.p_value and (agreeing == 3 or sft.p_value > 0.05)
     assert rouge["s2d"].p_value is None  # no test against itself
     for c in rouge.values():  # interval of the mean over seeds, around the mean
         assert c.ci_low < c.mean < c.ci_high

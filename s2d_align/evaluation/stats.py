@@ -299,11 +299,14 @@ class SeedPairedResult:
     """System A minus system B with the training seed as the unit (arrays over the k outputs).
 
     ``delta``: mean over seeds of the per-seed differences ``seed_delta`` (S, k), each the
-    difference of two corpus-level values on the same reports. ``p_value`` is
-    ``max(p_seeds, p_studies)`` (intersection-union): small only when the difference is large
-    against seed-to-seed variation (``p_seeds``: t-test over seeds, df S - 1) *and* against
-    test-set sampling (``p_studies``: paired randomisation of reports within each seed). NaN for
-    one seed. ``seed_p`` (S, k): each seed's own paired randomisation test. ``low``/``high``:
+    difference of two corpus-level values on the same reports. ``seed_p`` (S, k): each seed's own
+    paired randomisation test (reports swapped within the seed). ``p_value`` is the
+    intersection-union test of "the difference holds in every seed": the largest ``seed_p`` when
+    every seed's difference has the sign of ``delta``, else 1; NaN for one seed (nothing says
+    the difference survives another seed). A difference carried by one seed of three is never
+    significant, and one that every seed shows is, without the t-test's need for many seeds.
+    ``p_seeds`` (t-test of the per-seed differences over seeds, df S - 1) and ``p_studies``
+    (randomisation of the mean over seeds) are kept for reference. ``low``/``high``:
     hierarchical bootstrap interval of ``delta`` (seeds, then reports).
     """
 
@@ -339,10 +342,10 @@ def seed_paired_test(
 
     The randomisation swaps the two systems' outputs per (seed, report) with a fair coin,
     independently within each seed, and recomputes every seed's corpus-level difference; its
-    statistic is the mean over seeds (``p_studies``), and per seed it gives ``seed_p``. The
-    p-value also needs the t-test over seeds, so a difference carried by one seed of three is
-    not significant however large it is. The same swap masks and resamples serve every key of
-    one shape (seeded), so the cells of a table are tested on one set of randomisations.
+    statistic is the mean over seeds (``p_studies``), and per seed it gives ``seed_p``, whose
+    largest value (when the seeds agree in sign) is the p-value: see :class:`SeedPairedResult`.
+    The same swap masks and resamples serve every key of one shape (seeded), so the cells of a
+    table are tested on one set of randomisations.
     """
     if not pairs:
         return {}
@@ -384,13 +387,20 @@ def seed_paired_test(
             p_studies = (1 + mean_hits[key]) / (trials + 1)
             p_seeds = _seed_t_test(deltas)
             low, high = intervals.get(key, (np.full(deltas.shape[1], np.nan),) * 2)
+            seed_p = (1 + seed_hits[key]) / (trials + 1)
+            same_sign = np.all(np.sign(deltas) == np.sign(deltas.mean(0)), axis=0) & (
+                np.abs(deltas.mean(0)) > tolerance[key]
+            )
+            p_all_seeds = np.where(same_sign, seed_p.max(0), 1.0)
+            if deltas.shape[0] < 2:
+                p_all_seeds = np.full(deltas.shape[1], np.nan)
             out[key] = SeedPairedResult(
                 delta=deltas.mean(0),
                 seed_delta=deltas,
-                p_value=np.maximum(p_seeds, p_studies),  # NaN stays NaN (one seed)
+                p_value=p_all_seeds,
                 p_seeds=p_seeds,
                 p_studies=p_studies,
-                seed_p=(1 + seed_hits[key]) / (trials + 1),
+                seed_p=seed_p,
                 low=low,
                 high=high,
                 trials=trials,

@@ -188,7 +188,8 @@ def write_baseline(data: Mapping[str, Any], path: str | Path) -> Path:
 
 
 def compare(baseline: Mapping[str, Any], current: Mapping[str, Any]) -> list[MetricDiff]:
-    """One diff per (variant, metric) of the baseline; a metric absent now is 'missing'."""
+    """The across-seed level: one diff per (variant, metric) of the baseline, on the mean over
+    seeds; a metric absent now is 'missing'."""
     tol = baseline.get("tolerance", {})
     k, floor = float(tol.get("k_sd", K_SD)), float(tol.get("abs_floor", ABS_FLOOR))
     diffs = []

@@ -1,7 +1,7 @@
 """The ablation table: mean +- sd over seeds, best marked, delta vs s2d, significance marks.
 
 One computation (:func:`ablation_table`) feeds three renderers (Markdown, LaTeX, CSV), so the
-formats can never disagree.
+formats can never disagree; their captions are written in ``captions.py``.
 
 Statistics, with the training seed as the unit (``significance.py`` rebuilds each metric's
 statistic from the store, at corpus level where it decomposes over studies):
@@ -11,9 +11,10 @@ statistic from the store, at corpus level where it decomposes over studies):
   over seeds of per-seed differences (seed s against s2d's seed s, same studies) with a 95%
   hierarchical bootstrap interval (seeds, then studies within each seed);
 - the bar figure shows each variant's mean over seeds with the same kind of interval;
-- the dagger: p = max(t-test of the per-seed differences over seeds, randomisation of studies
-  within seeds), Holm-corrected over every cell the table tests (all variants x metrics); next
-  to it k/n, the seeds whose own paired test is significant (uncorrected).
+- the dagger: p = the largest per-seed paired-randomisation p when every seed's difference has
+  the same sign, else 1 (the difference must hold in every seed), Holm-corrected over every cell
+  the table tests (all variants x metrics); next to it k/n, the seeds whose own paired test is
+  significant (uncorrected).
 """
 
 from __future__ import annotations
@@ -24,30 +25,22 @@ import math
 from dataclasses import dataclass, field
 
 from s2d_align.evaluation import ce
-from s2d_align.harness.references import (
-    DESCRIPTIONS,
-    ReferenceRows,
-    display_name,
-    load_reference_rows,
-    reference_variant,
+from s2d_align.harness.references import ReferenceRows, display_name, load_reference_rows
+from s2d_align.harness.reports.captions import (
+    LATEX_NOTE,
+    MARK,
+    PROXY,
+    delta_note,
+    footnotes,
+    reference_footnotes,
 )
+from s2d_align.harness.reports.captions import short_metric as _short
 from s2d_align.harness.reports.data import PresetResults
-from s2d_align.harness.reports.significance import (
-    CORPUS,
-    N_BOOT,
-    PROXY_REASONS,
-    SEED_TRIALS,
-    PairedTests,
-    RunPair,
-)
+from s2d_align.harness.reports.significance import ALPHA, CORPUS, PairedTests, RunPair
 from s2d_align.harness.store import Store
 from s2d_align.harness.variants import REFERENCE_VARIANT
 
 NLG_COLUMNS = ("BLEU_1", "BLEU_4", "METEOR", "ROUGE_L", "CIDEr")
-ALPHA = 0.05
-RESAMPLES = N_BOOT  # hierarchical bootstrap resamples per interval
-TRIALS = SEED_TRIALS  # randomisation trials per tested cell
-MARK = "†"  # differs significantly from the reference variant (seed-level test, Holm-corrected)
 
 
 @dataclass
@@ -224,105 +217,9 @@ def reference_cells(
     return out
 
 
-def reference_footnotes(references: ReferenceRows, results: PresetResults, split: str) -> list[str]:
-    if not references.variants and not references.skipped:
-        return []
-    shown = [v[len("ref:") :] for v in references.variants]
-    notes = []
-    if shown:
-        what = [f"`{display_name(reference_variant(n))}`: {DESCRIPTIONS[n]}" for n in shown]
-        notes.append(
-            "Reference rows (below the variants) are made without training and scored with the "
-            "same protocol; they are never marked best nor tested: " + "; ".join(what) + "."
-        )
-    for name, reason in references.skipped.items():
-        notes.append(f"`{display_name(reference_variant(name))}` not computed: {reason}.")
-    sigs = set(results.signatures.get(split, []))
-    if sigs and any(s not in sigs for s in references.signatures):
-        notes.append("WARNING: the reference rows were scored under another protocol signature.")
-    return notes
-
-
-PROXY = "‡"  # column tested on its mean sentence score (no exact corpus-level statistic)
-
-
-def significance_note(reference: str, tested: int) -> str:
-    return (
-        f"{MARK} (k/n): differs from `{reference}` in a seed-level paired test. Per seed s, the "
-        f"corpus-level difference between the variant's seed-s run and `{reference}`'s seed-s "
-        "run on the same studies; p = max(t-test of the per-seed differences over seeds, "
-        f"df = seeds - 1; paired randomisation of studies within each seed, {TRIALS:,} trials), "
-        "so a difference carried by one seed is not marked (nor is a variant with one seed); "
-        f"Holm-corrected over all {tested} tested cells of this table (variants × metrics); "
-        f"alpha {ALPHA}. k/n: seeds whose own paired randomisation test is significant at "
-        f"{ALPHA} (uncorrected)."
-    )
-
-
-def basis_note(basis: dict[str, str]) -> str:
-    exact = [m for m, b in basis.items() if b == CORPUS]
-    proxy = [m for m, b in basis.items() if b != CORPUS]
-    note = ""
-    if exact:
-        note = (
-            "Tested and resampled at corpus level (BLEU from per-study n-gram statistics, CE "
-            "from CE labels, ROUGE-L and CIDEr as means of per-study scores): "
-            + ", ".join(_short(m) for m in exact)
-            + "."
-        )
-    if proxy:
-        why = sorted({PROXY_REASONS["METEOR" if m == "METEOR" else "BLEU"] for m in proxy})
-        note += (
-            f" {PROXY}: tested on the mean sentence score ({'; '.join(why)}); its intervals are "
-            "shifted onto the corpus value: " + ", ".join(_short(m) for m in proxy) + "."
-        )
-    return note.strip()
-
-
-def delta_note(reference: str) -> str:
-    return (
-        f"Δ [95% CI]: the mean over seeds of per-seed differences vs `{reference}`, with a "
-        f"hierarchical bootstrap interval ({RESAMPLES:,} resamples of seeds, then of studies "
-        "within each seed), not corrected for multiplicity; p: Holm-adjusted."
-    )
-
-
-def footnotes(
-    results: PresetResults, split: str, reference: str, table: AblationTable | None = None
-) -> list[str]:
-    n_seeds = sorted(set(results.runs.groupby("variant")["seed"].nunique()))
-    shas = sorted(set(results.runs["git_sha"]))
-    notes = [
-        f"Preset `{results.preset}`, {split} split; mean ± sd over {'/'.join(map(str, n_seeds))} "
-        "seed(s) per variant (± is the spread over training seeds, the only uncertainty in this "
-        "table; intervals are in the difference table and the figures); best per column in bold.",
-        significance_note(reference, table.tested if table else 0),
-    ]
-    if table is not None and table.basis:
-        notes.append(basis_note(table.basis))
-    notes.append(
-        "Every variant trains for the same number of optimizer steps (compute matching); "
-        "tokens seen differ with the prompt contexts."
-    )
-    sigs = results.signatures.get(split, [])
-    if len(sigs) == 1:
-        notes.append(f"Protocol signature: `{sigs[0]}`")
-    elif sigs:
-        notes.append(
-            "WARNING: mixed protocol signatures in this table: " + "; ".join(f"`{s}`" for s in sigs)
-        )
-    if shas:
-        notes.append(f"Code: {', '.join(s[:12] for s in shas)}")
-    return notes
-
-
 # -- rendering ---------------------------------------------------------------------------------
 def _fmt(x: float) -> str:
     return f"{x:.3f}" if abs(x) < 100 else f"{x:.1f}"
-
-
-def _short(metric: str) -> str:
-    return metric.replace("ce/", "CE ").replace("/", " ")
 
 
 def _head(table: AblationTable, metric: str) -> str:
@@ -387,13 +284,6 @@ def _tex(text: str) -> str:
     repl = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
             "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}", "`": ""}  # fmt: skip
     return "".join(repl.get(ch, ch) for ch in text)
-
-
-#: What the small type in a LaTeX cell means (the table has no room for intervals).
-LATEX_NOTE = (
-    "Small type: (Δ vs `{reference}`; k/n seeds significant on their own); intervals of Δ are "
-    "in the Markdown and CSV tables and the forest figure."
-)
 
 
 def _tex_head(table: AblationTable, metric: str) -> str:
