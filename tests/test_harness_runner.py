@@ -257,3 +257,16 @@ def test_parallel_workers_are_pinned_to_one_visible_gpu_each(tmp_path, preset, m
     assert all(len(gpus) == 1 for gpus in by_pid.values())  # a worker keeps its one device
     pinned = [next(iter(g)) for g in by_pid.values()]
     assert set(pinned) <= {"5", "7"} and len(set(pinned)) == len(pinned)  # distinct devices
+
+
+def test_each_run_folder_records_where_every_config_value_came_from(tmp_path, preset):
+    runner = make_runner(tmp_path)
+    specs = plan_grid(preset, load_variants(["s2d-no-align"]), [3], overrides=["train.lr=0.01"])
+    runner.run_grid(specs)
+    sources = json.loads((specs[0].run_dir(runner.results_dir) / "config_sources.json").read_text())
+    assert sources["train.total_steps"] == "preset"  # tiny.yaml sets it
+    assert sources["train.lr"] == "override" and sources["seed"] == "override"
+    assert sources["stages.1.lambda_align"] == "variant:s2d-no-align"
+    assert sources["model.memory.enabled"].startswith("variant:")  # s2d, which it extends
+    assert sources["train.batch_size"] == "default"
+    assert set(sources) >= {"model.trainable.vision", "stages.2.lambda_kp"}

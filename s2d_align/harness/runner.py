@@ -47,8 +47,11 @@ from s2d_align.harness.spec import (
     preset_label,
 )
 from s2d_align.harness.store import Store
-from s2d_align.harness.variants import Variant
-from s2d_align.utils.io import write_jsonl
+from s2d_align.harness.variants import Variant, resolve_with_provenance
+from s2d_align.utils.io import write_json, write_jsonl
+
+#: Beside a run's config.yaml: ``{dotted key: default | preset | variant:NAME | override}``.
+CONFIG_SOURCES_FILE = "config_sources.json"
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +96,9 @@ def plan_grid(
     budgets = set()
     for variant in variants:
         for seed in seeds:
-            cfg = variant.config(preset, seed, overrides)
+            cfg, sources = resolve_with_provenance(
+                preset, variant, [*overrides, f"seed={int(seed)}"]
+            )
             budgets.add((cfg.train.total_steps, cfg.train.batch_size, cfg.train.grad_accum))
             specs.append(
                 RunSpec(
@@ -104,6 +109,7 @@ def plan_grid(
                     purpose=purpose,
                     splits=splits,
                     overrides=tuple(overrides),
+                    config_sources=tuple(sorted(sources.items())),
                 )
             )
     if len(budgets) > 1:  # only possible through a bug: variants may not touch the budget
@@ -186,6 +192,8 @@ class Runner:
             return spec.run_id
         run_dir = spec.run_dir(self.results_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
+        if spec.config_sources:  # where each value of config.yaml came from
+            write_json(run_dir / CONFIG_SOURCES_FILE, dict(spec.config_sources))
         self.store.create_run(
             id=spec.run_id,
             variant=spec.variant.name,

@@ -48,6 +48,8 @@ class RunSpec:
     purpose: str = "ablate"
     splits: tuple[str, ...] = SPLITS
     overrides: tuple[str, ...] = ()
+    # (dotted key, source) for every leaf of ``config``: default / preset / variant:NAME / override
+    config_sources: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if self.purpose not in PURPOSES:
