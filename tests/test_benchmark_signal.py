@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from training_fixtures import cache_root, tiny_config
 
 from s2d_align.config import load_config
 from s2d_align.harness.variants import available_variants, load_variant
 from s2d_align.training.collate import Collator, resolve_inference_context
 from s2d_align.training.data import ResumableBatchSampler
 from s2d_align.training.pipeline import run_training
-from tests.training_fixtures import cache_root, tiny_config
 
 PARTS = ("vision", "projector", "memory", "llm", "keyphrase_head")
 
@@ -53,8 +53,9 @@ def test_a_stage_overrides_only_the_part_it_names():
 
 # ----------------------------------------------------------------------------- the image matters
 def _model_and_batch(folder, *overrides, variant="sft"):
+    from model_fixtures import make_tokenizer
+
     from s2d_align.models import build_model
-    from tests.model_fixtures import make_tokenizer
 
     cfg = tiny_config(*overrides, variant=variant)
     tok = make_tokenizer(folder)

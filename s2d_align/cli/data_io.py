@@ -118,7 +118,12 @@ def _import_mimic(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     from s2d_align.data.audit import audit_annotation, print_manifest, write_manifest
     from s2d_align.data.r2gen import load_annotation
+    from s2d_align.utils.io import check_output_path
 
+    out = args.out or args.annotation.parent / (
+        f"manifest.{args.split}.json" if args.split else "manifest.json"
+    )
+    check_output_path(out, {"ANN": args.annotation})
     # skip_bad: the audit lists every bad entry instead of stopping at the first one.
     annotation = load_annotation(
         args.annotation,
@@ -132,9 +137,6 @@ def _check(args: argparse.Namespace) -> int:
         splits=[args.split] if args.split else None,
         check_images=not args.no_image_check,
         progress=_progress(),
-    )
-    out = args.out or args.annotation.parent / (
-        f"manifest.{args.split}.json" if args.split else "manifest.json"
     )
     print_manifest(manifest)
     write_manifest(manifest, out)

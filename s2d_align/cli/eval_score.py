@@ -29,7 +29,7 @@ from s2d_align.evaluation.nlg import NLG_METRICS
 from s2d_align.evaluation.profiles import PROFILES
 from s2d_align.evaluation.records import Comparison, ScoreReport
 from s2d_align.evaluation.score import check_ids, compare_corpora, score_corpus
-from s2d_align.utils.io import iter_jsonl, write_json
+from s2d_align.utils.io import check_output_path, iter_jsonl, write_json
 
 
 def _add_eval_options(p: argparse.ArgumentParser) -> None:
@@ -93,6 +93,13 @@ def read_predictions(path: Path) -> dict[str, str]:
     return out
 
 
+def _check_out(args: argparse.Namespace, predictions: dict[str, Path]) -> None:
+    """``--out`` must not be one of the files the command reads."""
+    if args.out is not None:
+        extra = {"--ann": args.ann, "--chexbert-ckpt": args.chexbert_ckpt, "--vocab": args.vocab}
+        check_output_path(args.out, {**predictions, **extra})
+
+
 def _config(args: argparse.Namespace) -> EvalConfig:
     parse_headline(args.headline)  # a ConfigError names the valid cells
     if args.bootstrap < 0:
@@ -141,6 +148,7 @@ def _references(args: argparse.Namespace) -> tuple[dict[str, str], dict[str, Any
 
 def _score(args: argparse.Namespace) -> int:
     cfg = _config(args)
+    _check_out(args, {"--pred": args.pred})
     predictions = read_predictions(args.pred)
     references, common = _references(args)
     check_ids(predictions, references, what=f"predictions in {args.pred} (split {args.split!r})")
@@ -156,6 +164,7 @@ def _score(args: argparse.Namespace) -> int:
 
 def _compare(args: argparse.Namespace) -> int:
     cfg = _config(args)
+    _check_out(args, {"A.jsonl": args.pred_a, "B.jsonl": args.pred_b})
     pred_a, pred_b = read_predictions(args.pred_a), read_predictions(args.pred_b)
     references, common = _references(args)
     for path, preds in ((args.pred_a, pred_a), (args.pred_b, pred_b)):

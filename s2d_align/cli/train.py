@@ -34,9 +34,11 @@ def _default_out(preset: str, variant: str | None, seed: int) -> Path:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from s2d_align.training.pipeline import run_training
+    from s2d_align.training.run_dir import check_run_folder
 
     cfg, variant = _variant_config(args)
     out = Path(args.out) if args.out else _default_out(args.preset, variant, cfg.seed)
+    check_run_folder(out)  # never write into a user's folder
     cache = Path(args.cache) if args.cache else None
     result = run_training(cfg, out, progress=_progress(args), cache_root=cache)
     resumed = f" (resumed at step {result.resumed_from_step})" if result.resumed_from_step else ""

@@ -16,10 +16,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from s2d_align.config import Config, config_hash
+import yaml
+
+from s2d_align.config import Config, config_hash, to_dict
 from s2d_align.config.loader import from_dict, read_yaml
 from s2d_align.data.r2gen import Annotation
-from s2d_align.errors import ConfigError, DataError
+from s2d_align.errors import ConfigError, DataError, S2DError
 from s2d_align.training.distributed import Dist
 
 RESULT_FILE = "train_result.json"
@@ -88,6 +90,33 @@ def check_same_run(run_dir: Path, cfg: Config) -> None:
                 f"{run_dir} holds a run with a different config ({run_dir / CONFIG_FILE}); "
                 "use another --out folder or delete it"
             )
+
+
+def _written_by_train(path: Path) -> bool:
+    """Whether ``path`` is a resolved config as ``train`` saves it (every key, nothing else),
+    not a user's own file of that name."""
+    try:
+        data = read_yaml(path)
+        resolved = to_dict(from_dict(Config, data, str(path)))
+    except (S2DError, TypeError, ValueError, AttributeError):
+        return False
+    return data == yaml.safe_load(yaml.safe_dump(resolved, sort_keys=False))
+
+
+def check_run_folder(run_dir: Path) -> None:
+    """Refuse an existing folder that is neither empty nor a run folder: training writes
+    ``config.yaml``, ``train_log.jsonl``... there and would replace a user's files."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise DataError(f"{run_dir}: exists and is not a folder")
+    if not run_dir.is_dir() or not any(run_dir.iterdir()):
+        return
+    if (run_dir / RESULT_FILE).is_file() or (run_dir / "checkpoints" / "latest.json").is_file():
+        return  # training progress: check_same_run tells whether it is this config's
+    if not _written_by_train(run_dir / CONFIG_FILE):
+        raise DataError(
+            f"{run_dir}: folder is not empty and holds no training run (no {CONFIG_FILE} "
+            "written by train); choose another --out"
+        )
 
 
 def train_reports(annotation: Annotation) -> list[str]:

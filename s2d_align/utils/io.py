@@ -5,22 +5,49 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import tempfile
-from collections.abc import Iterable, Iterator
+import threading
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from s2d_align.errors import DataError
+from s2d_align.errors import ConfigError, DataError
+
+_UMASK_LOCK = threading.Lock()
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux shows it (else set and reset)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write via a temp file + rename, so a killed process never leaves a half-written file."""
+    """Write via a temp file + rename, so a killed process never leaves a half-written file.
+
+    The file gets the mode a plain ``open`` would give it (0666 less the umask), or keeps its
+    own when it is rewritten; ``mkstemp`` alone would make every file 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        mode = 0o666 & ~_umask()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+            os.fchmod(fh.fileno(), mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -57,8 +84,15 @@ def iter_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"file not found: {path}")
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(
+                    f"{path}:{lineno}: not UTF-8 text (byte {raw[exc.start]:#04x} at column "
+                    f"{exc.start + 1})"
+                ) from None
             if not line.strip():
                 continue
             try:
@@ -74,6 +108,28 @@ def iter_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return list(iter_jsonl(path))
+
+
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """Whether two paths name one file (links and ``..`` included), existing or not."""
+    a, b = Path(a), Path(b)
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
+
+
+def check_output_path(out: str | Path, inputs: Mapping[str, str | Path | None]) -> None:
+    """Refuse an output path that is one of the command's inputs (``{option: path}``): writing
+    it would destroy that input."""
+    for option, given in inputs.items():
+        if given is not None and same_file(out, given):
+            raise ConfigError(
+                f"output {out} is the input {option} ({given}): writing it would destroy that "
+                "input; choose another output path"
+            )
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
