@@ -89,3 +89,54 @@ def test_label_chexbert_needs_a_checkpoint(
     args = ["label", "--in", str(src), "--out", str(out), "--labeler", "chexbert"]
     assert main([*args, "--chexbert-ckpt", str(missing)]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
+
+
+def test_label_reads_generate_output_and_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The rows ``generate`` writes are labelled as they are; ``--field`` picks another text."""
+    src = _write(
+        tmp_path / "predictions.jsonl",
+        [
+            {"id": "s1", "prediction": "Small left pleural effusion.", "reference_ids": ["t9"],
+             "keyphrases": [], "context": "image", "draft": "No pneumothorax."},
+        ],
+    )  # fmt: skip
+    out = tmp_path / "labels.jsonl"
+    assert main(["label", "--in", str(src), "--out", str(out)]) == 0
+    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert row["labels"]["Pleural Effusion"] == 1 and row["labels"]["Pneumothorax"] is None
+    assert main(["label", "--in", str(src), "--out", str(out), "--field", "draft"]) == 0
+    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert row["labels"]["Pneumothorax"] == 0 and row["labels"]["Pleural Effusion"] is None
+    capsys.readouterr()
+    assert main(["label", "--in", str(src), "--out", str(out), "--field", "text"]) == 2
+    assert 'no field "text"' in capsys.readouterr().err
+    both = _write(tmp_path / "both.jsonl", [{"id": "a", "report": "x", "prediction": "y"}])
+    assert main(["label", "--in", str(both), "--out", str(out)]) == 2
+    assert "--field" in capsys.readouterr().err
+
+
+def test_label_counts_dropped_sections_and_reports_with_no_text(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A report that is all indication and comparison comes out blank and is named, not
+    silently "No Finding"."""
+    src = _write(
+        tmp_path / "reports.jsonl",
+        [
+            {"id": "plain", "report": "No pneumothorax."},
+            {"id": "mimic", "report": "INDICATION: Fever.\nPORTABLE AP CHEST: Small effusion."},
+            {"id": "empty", "report": "INDICATION: Cough. COMPARISON: None."},
+        ],
+    )
+    out = tmp_path / "labels.jsonl"
+    assert main(["label", "--in", str(src), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "sections dropped in 2 of 3 reports" in printed
+    assert "1 had no findings text left" in printed and "empty" in printed.splitlines()[-1]
+    plain, mimic, empty = [json.loads(line) for line in out.read_text().splitlines()]
+    assert plain["dropped_sections"] == [] and plain["no_text"] is False
+    assert mimic["labels"]["Pleural Effusion"] == 1 and mimic["dropped_sections"] == ["indication"]
+    assert empty["no_text"] is True and empty["dropped_sections"] == ["indication", "comparison"]
+    assert all(v is None for v in empty["labels"].values())

@@ -144,10 +144,14 @@ def test_score_writes_every_metric_and_the_signature(scored, ann):
         *ce_cell_names(),
         *(f"ce_f1/{o}" for o in OBSERVATIONS),
         *GROUNDED_METRICS,
+        *(f"ce_support/{o}" for o in OBSERVATIONS),
     ]
     assert list(data["metrics"]) == expected
     for name in expected:
         m = data["metrics"][name]
+        if name.startswith("ce_support/"):  # a count of positive references: no interval
+            assert m["ci_low"] is None and m["value"] == int(m["value"]) >= 0, name
+            continue
         assert m["ci_low"] <= m["value"] + 1e-12 and m["value"] <= m["ci_high"] + 1e-12, name
     assert data["headline"] == "ce/u0/14/micro/f1"
     fields = data["signature_fields"]

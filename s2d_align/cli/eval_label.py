@@ -1,8 +1,13 @@
 """``s2d-align label``: CheXpert-14 labels and key phrases for a JSONL file of reports.
 
-Input lines ``{"id", "report"}``; output lines ``{"id", "labels": {observation: 1|0|-1|null},
-"keyphrases": [text, ...], "keyphrase_details": [{"text", "observation", "anatomy", "status"}]}``. Labels come from the chosen labeler (``rules`` by default, or a
-user-supplied CheXbert checkpoint); key phrases always come from the clinical text analyser.
+Input lines ``{"id", "report"}``, or the ``{"id", "prediction", ...}`` rows that ``generate``
+writes, or any text field named by ``--field``. Output lines ``{"id", "labels": {observation:
+1|0|-1|null}, "keyphrases": [text, ...], "keyphrase_details": [{"text", "observation", "anatomy",
+"status"}], "dropped_sections": [name, ...], "no_text": bool}``. Labels come from the chosen
+labeler (``rules`` by default, or a user-supplied CheXbert checkpoint); key phrases always come
+from the clinical text analyser, which reads every section but those that state no finding of
+the study (indication, comparison...). ``no_text`` marks a report with nothing else: under
+``rules`` its labels are all blank. The summary counts both.
 """
 
 from __future__ import annotations
@@ -24,7 +29,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="REPORTS.jsonl",
         required=True,
         type=Path,
-        help='JSONL lines {"id", "report"}',
+        help='JSONL lines {"id", "report"} or generate\'s {"id", "prediction", ...}',
+    )
+    p.add_argument(
+        "--field",
+        metavar="NAME",
+        help='the text field to label (default: "report", else "prediction")',
     )
     p.add_argument("--out", metavar="LABELS.jsonl", required=True, type=Path, help="output JSONL")
     p.add_argument(
@@ -42,19 +52,40 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_label)
 
 
-def read_reports(path: Path) -> tuple[list[str], list[str]]:
-    """Ids and reports; a missing field, a non-string report or a duplicate id names the line."""
+TEXT_FIELDS = ("report", "prediction")
+
+
+def _text_field(row: dict, field: str | None, where: str) -> str:
+    if field is not None:
+        if field not in row:
+            raise DataError(f'{where}: no field "{field}" (--field), got keys {sorted(row)}')
+        return field
+    present = [f for f in TEXT_FIELDS if f in row]
+    if len(present) > 1:
+        raise DataError(f'{where}: has both "report" and "prediction"; choose one with --field')
+    if not present:
+        raise DataError(
+            f'{where}: needs "id" and "report" (or "prediction"), got keys {sorted(row)}'
+        )
+    return present[0]
+
+
+def read_reports(path: Path, field: str | None = None) -> tuple[list[str], list[str]]:
+    """Ids and texts (``field``, or "report" / "prediction"); a missing field, a non-string text
+    or a duplicate id names the line."""
     ids: list[str] = []
     reports: list[str] = []
     seen: set[str] = set()
     for lineno, row in enumerate(iter_jsonl(path), 1):
-        key, report = row.get("id"), row.get("report")
-        if key is None or report is None:
-            raise DataError(
-                f'{path}: entry {lineno}: needs "id" and "report", got keys {sorted(row)}'
-            )
+        where = f"{path}: entry {lineno}"
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        name = _text_field(row, field, where)
+        key, report = row.get("id"), row[name]
+        if key is None:
+            raise DataError(f'{where}: needs "id" and "{name}", got keys {sorted(row)}')
         if not isinstance(report, str):
-            raise DataError(f"{path}: entry {lineno} (id {key!r}): report must be a string")
+            raise DataError(f"{where} (id {key!r}): {name} must be a string")
         key = str(key)
         if key in seen:
             raise DataError(f"{path}: entry {lineno}: duplicate id {key!r}")
@@ -65,7 +96,7 @@ def read_reports(path: Path) -> tuple[list[str], list[str]]:
 
 
 def _label(args: argparse.Namespace) -> int:
-    from s2d_align.evaluation.analyser import analyse
+    from s2d_align.evaluation.analyser import SectionCounts, analyse
     from s2d_align.evaluation.labelers import get_labeler
 
     cfg = EvalConfig(
@@ -74,14 +105,15 @@ def _label(args: argparse.Namespace) -> int:
         chexbert_sha256=args.chexbert_sha256,
         vocab=str(args.vocab) if args.vocab else None,
     )
-    ids, reports = read_reports(args.inp)
+    ids, reports = read_reports(args.inp, args.field)
     labeler = get_labeler(
         cfg, batch_size=args.batch_size, device=args.device, progress=sys.stderr.isatty()
     )
     labels = labeler.label(reports)
     rows = []
     for key, report, lab in zip(ids, reports, labels, strict=True):
-        phrases = analyse(report).keyphrases
+        analysis = analyse(report)
+        phrases = analysis.keyphrases
         details = [
             {"text": k.text, "observation": k.observation, "anatomy": k.anatomy, "status": k.status}
             for k in phrases
@@ -92,8 +124,19 @@ def _label(args: argparse.Namespace) -> int:
                 "labels": lab,
                 "keyphrases": [k.text for k in phrases],
                 "keyphrase_details": details,
+                "dropped_sections": list(analysis.dropped_sections),
+                "no_text": analysis.no_text,
             }
         )
     write_jsonl(args.out, rows)
     print(f"labelled {len(rows)} reports with {labeler.signature} -> {args.out}")
+    empty = [r["id"] for r in rows if r["no_text"]]
+    counts = SectionCounts(len(rows), sum(bool(r["dropped_sections"]) for r in rows), len(empty))
+    print(f"sections: {counts.describe()}")
+    if empty:
+        what = "labels blank" if labeler.name == "rules" else "key phrases empty"
+        print(
+            f"no findings text ({what}): {', '.join(empty[:10])}"
+            + (" ..." if len(empty) > 10 else "")
+        )
     return 0

@@ -28,7 +28,7 @@ from s2d_align.evaluation.ce import AVERAGES, LABEL_SETS, MAPPINGS, parse_headli
 from s2d_align.evaluation.nlg import NLG_METRICS
 from s2d_align.evaluation.profiles import PROFILES
 from s2d_align.evaluation.records import Comparison, ScoreReport
-from s2d_align.evaluation.score import check_ids, compare_corpora, score_corpus
+from s2d_align.evaluation.score import SUPPORT_PREFIX, check_ids, compare_corpora, score_corpus
 from s2d_align.utils.io import check_output_path, iter_jsonl, write_json
 
 
@@ -155,6 +155,7 @@ def _score(args: argparse.Namespace) -> int:
     report = score_corpus(predictions, references, cfg, **common)
     console = Console(soft_wrap=True)
     print_report(report, console)
+    _print_text_notes(report, predictions, references, args.dataset, console)
     if args.out:
         data = {"predictions": str(args.pred), "annotation": str(args.ann), "split": args.split}
         write_json(args.out, {**data, **report.to_dict()})
@@ -184,6 +185,27 @@ def _compare(args: argparse.Namespace) -> int:
 def _ci(report: ScoreReport, name: str) -> str:
     m = report.metrics[name]
     return "" if m.ci_low is None else f"[{m.ci_low:.4f}, {m.ci_high:.4f}]"
+
+
+def _print_text_notes(
+    report: ScoreReport,
+    predictions: dict[str, str],
+    references: dict[str, str],
+    dataset: str | None,
+    console: Console,
+) -> None:
+    """How many reports lost sections or all their text to the analyser, and the rules
+    labeler's comparability warning on real data."""
+    from s2d_align.evaluation.analyser import analyse, count_sections
+    from s2d_align.evaluation.labelers.rules import comparability_note
+
+    for what, texts in (("references", references), ("predictions", predictions)):
+        counts = count_sections(analyse(t) for t in texts.values())
+        console.print(f"{what}: {counts.describe()}", markup=False, highlight=False)
+    ce_field = dict(p.split(":", 1) for p in report.signature.split("|") if ":" in p).get("ce")
+    note = comparability_note(ce_field or "", dataset)
+    if note:
+        console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
 
 
 def print_report(report: ScoreReport, console: Console) -> None:
@@ -218,9 +240,13 @@ def print_report(report: ScoreReport, console: Console) -> None:
     per_obs.add_column("observation")
     per_obs.add_column("F1", justify="right")
     per_obs.add_column("95% CI", justify="right")
+    per_obs.add_column("n (positive refs)", justify="right")
     for obs in OBSERVATIONS:
         name = f"ce_f1/{obs}"
-        per_obs.add_row(obs, f"{report.metrics[name].value:.4f}", _ci(report, name))
+        support = report.metrics.get(f"{SUPPORT_PREFIX}{obs}")
+        n = int(support.value) if support is not None else None
+        f1 = "absent" if n == 0 else f"{report.metrics[name].value:.4f}"
+        per_obs.add_row(obs, f1, _ci(report, name) if n else "", "-" if n is None else str(n))
     console.print(per_obs)
     console.print(f"signature: {report.signature}", markup=False, highlight=False, soft_wrap=True)
 

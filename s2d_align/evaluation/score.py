@@ -61,6 +61,10 @@ __all__ = [
 BLEU_STAT_PREFIX = "bleu_stat/"
 
 
+#: Metric name prefix of the per-observation support (positive references) of a scoring.
+SUPPORT_PREFIX = "ce_support/"
+
+
 def check_ids(
     predictions: Mapping[str, Any], references: Mapping[str, Any], *, what: str = "predictions"
 ) -> None:
@@ -310,10 +314,18 @@ def _evaluate(
         nlg_results = scorer.score(refs, hyps, tokenize=profile.ptb, on_step=step)
     signature = _signature(cfg, profile, labeler, manifest_hash)
     headline = "ce/" + "/".join(ce.parse_headline(cfg.headline))
+    # Positive references per observation under the headline mapping: beside every
+    # per-observation F1, so "absent from the test set" never reads as "missed".
+    positives = ce.binarize(ref_labels, mapping, source="reference labels").sum(0)
+    support = {
+        f"{SUPPORT_PREFIX}{o}": Metric(float(n))
+        for o, n in zip(OBSERVATIONS, positives, strict=True)
+    }
     scored = []
     for nlg, labels, grounded_stat in zip(nlg_results, pred_labels, grounded_stats, strict=True):
         specs = _specs(nlg, labels, ref_labels, mapping, grounded_stat)
-        scored.append((_metrics(specs, cfg), _per_sample(ids, nlg, specs), specs))
+        metrics = {**_metrics(specs, cfg), **support}
+        scored.append((metrics, _per_sample(ids, nlg, specs), specs))
     step("bootstrap")
     timings["total"] = time.perf_counter() - start
     return [
@@ -393,4 +405,4 @@ def compare_corpora(
         for j, name in enumerate(spec.names):
             delta = a.metrics[name].value - b.metrics[name].value  # exact corpus difference
             tests[name] = PairedResult(np.array([delta]), np.array([res.p_value[j]]), trials)
-    return Comparison(a, b, {name: tests[name] for name in a.metrics}, trials)
+    return Comparison(a, b, {name: tests[name] for name in a.metrics if name in tests}, trials)

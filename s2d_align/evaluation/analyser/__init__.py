@@ -14,28 +14,37 @@ from s2d_align.evaluation.analyser.analyse import (
     ANALYSER_VERSION,
     Analysis,
     KeyPhrase,
+    SectionCounts,
     aggregate,
     analyse,
     analyse_sentence,
+    count_sections,
 )
 from s2d_align.evaluation.analyser.mentions import Mention
-from s2d_align.evaluation.analyser.sentences import (
+from s2d_align.evaluation.analyser.sections import (
+    DROPPED_SECTIONS,
+    SectionSelection,
     findings_text,
-    normalise,
+    select_sections,
     split_sections,
-    split_sentences,
 )
+from s2d_align.evaluation.analyser.sentences import normalise, split_sentences
 
 __all__ = [
     "ANALYSER_VERSION",
+    "DROPPED_SECTIONS",
     "Analysis",
     "KeyPhrase",
     "Mention",
+    "SectionCounts",
+    "SectionSelection",
     "aggregate",
     "analyse",
     "analyse_sentence",
+    "count_sections",
     "findings_text",
     "normalise",
+    "select_sections",
     "split_sections",
     "split_sentences",
 ]

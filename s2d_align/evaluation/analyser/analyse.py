@@ -6,11 +6,16 @@ uncertain beats negative; an observation never mentioned stays blank (None). "No
 no observation other than Support Devices (and no other abnormality such as emphysema, granuloma
 or scoliosis) is positive or uncertain, and blank otherwise; it is never 0. As in CheXpert, an
 asserted "chf" / "heart failure" also makes Cardiomegaly uncertain.
+
+A report whose every sentence sits in sections that state no finding of this study (indication,
+comparison...) has nothing to label: it is "no text", all 14 labels blank, never No Finding.
+An empty report keeps CheXpert's reading (nothing mentioned: No Finding).
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Literal
@@ -24,10 +29,13 @@ from s2d_align.evaluation.analyser.mentions import (
     term_mentions,
 )
 from s2d_align.evaluation.analyser.negation import SentenceTokens, find_cues
-from s2d_align.evaluation.analyser.sentences import findings_text, split_sentences
+from s2d_align.evaluation.analyser.sections import select_sections
+from s2d_align.evaluation.analyser.sentences import split_sentences
 
 #: Bump when a change to lexicons or rules can change labels (part of the labeler signature).
-ANALYSER_VERSION = "1.0"
+#: 1.1: sections kept by exclusion (unknown headers read), "no text" reports all blank, one
+#: finding per line, CheXpert hedges ("not clearly seen", "suggestion of"); SynthCXR unchanged.
+ANALYSER_VERSION = "1.1"
 
 Status = Literal["positive", "negative", "uncertain"]
 _STATUS_NAME: dict[int, Status] = {1: "positive", 0: "negative", -1: "uncertain"}
@@ -58,10 +66,37 @@ class Analysis:
     mentions: list[Mention] = field(default_factory=list)
     sentences: list[str] = field(default_factory=list)
     text: str = ""  # normalised analysed text: findings sections, de-identified, lower-cased
+    dropped_sections: tuple[str, ...] = ()  # sections not read (indication, comparison...)
+    no_text: bool = False  # sections were dropped and nothing was left to read: all blank
 
     @property
     def keyphrase_texts(self) -> list[str]:
         return [k.text for k in self.keyphrases]
+
+
+@dataclass(frozen=True)
+class SectionCounts:
+    """Over a set of reports: how many had sections dropped, and how many had nothing left."""
+
+    reports: int
+    dropped: int
+    no_text: int
+
+    def describe(self) -> str:
+        text = f"sections dropped in {self.dropped} of {self.reports} reports"
+        if self.no_text:
+            text += f"; {self.no_text} had no findings text left (all 14 labels blank)"
+        return text
+
+
+def count_sections(analyses: Iterable[Analysis]) -> SectionCounts:
+    """Tally of ``dropped_sections`` and ``no_text`` over analyses."""
+    n = dropped = no_text = 0
+    for a in analyses:
+        n += 1
+        dropped += bool(a.dropped_sections)
+        no_text += a.no_text
+    return SectionCounts(n, dropped, no_text)
 
 
 def analyse_sentence(sentence: str, index: int = 0) -> list[Mention]:
@@ -158,17 +193,20 @@ def _keyphrases(mentions: list[Mention]) -> list[KeyPhrase]:
 
 @lru_cache(maxsize=4096)
 def _analyse_cached(report: str) -> Analysis:
-    text = findings_text(report)
-    sentences = [s.lower() for s in split_sentences(text)]
+    selection = select_sections(report)
+    sentences = [s.lower() for s in split_sentences(selection.text)]
     mentions: list[Mention] = []
     for i, sentence in enumerate(sentences):
         mentions.extend(analyse_sentence(sentence, i))
+    no_text = bool(selection.dropped) and not sentences
     return Analysis(
-        labels=aggregate(mentions),
+        labels=dict.fromkeys(OBSERVATIONS) if no_text else aggregate(mentions),
         keyphrases=_keyphrases(mentions),
         mentions=mentions,
         sentences=sentences,
         text=" ".join(sentences),
+        dropped_sections=selection.dropped,
+        no_text=no_text,
     )
 
 
@@ -184,4 +222,6 @@ def analyse(report: str) -> Analysis:
         mentions=list(result.mentions),
         sentences=list(result.sentences),
         text=result.text,
+        dropped_sections=result.dropped_sections,
+        no_text=result.no_text,
     )

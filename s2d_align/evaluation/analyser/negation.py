@@ -70,15 +70,19 @@ CUE_RULES: Final[tuple[CueRule, ...]] = (
         "pseudo",
         "both",
     ),
-    CueRule(
-        r"no more than|not only|no further|gram[- ]negative|not (?:be )?(?:well|optimally|fully) "
-        r"(?:assessed|evaluated|visuali[sz]ed)",
-        "pseudo",
-        "both",
-    ),
+    CueRule(r"no more than|not only|no further|gram[- ]negative", "pseudo", "both"),
     # --- "inherit": "no opacity to suggest pneumonia" negates pneumonia through the first cue ---
     CueRule(r"to suggest|to indicate|to explain", "inherit", "pre", 4),
     # --- uncertainty ---
+    # CheXpert: "not clearly seen", "not well visualized", "poorly evaluated" leave it open
+    CueRule(
+        _AUX
+        + r"(?:not (?:be )?(?:clearly|well|optimally|fully) |poorly |incompletely |suboptimally )"
+        r"(?:seen|visuali[sz]ed|evaluated|assessed|appreciated)",
+        "uncertain",
+        "post",
+        6,
+    ),
     CueRule(
         _AUX
         + r"(?:cannot|can ?not|can't|could not|couldn't|may not|not) (?:be )?(?:entirely |completely |totally |"
@@ -103,6 +107,12 @@ CUE_RULES: Final[tuple[CueRule, ...]] = (
         6,
     ),
     CueRule(
+        _AUX + r"(?:likely|probably|possibly|questionably) (?:present|seen|noted)",
+        "uncertain",
+        "post",
+        6,
+    ),
+    CueRule(
         r"(?:may|might|could|can) (?:also )?(?:be|represent|reflect|indicate|relate to|be due to|"
         r"be related to|be secondary to|have|include|suggest)|may|might",
         "uncertain",
@@ -119,7 +129,8 @@ CUE_RULES: Final[tuple[CueRule, ...]] = (
         r"(?:possible|probable|presumed|presumptive|questionable|suspected|suspect|suspicious for|"
         r"suspicion (?:of|for)|suspicious|equivocal|borderline|indeterminate|uncertain|unlikely|"
         r"concerning for|concern for|worrisome for|worrisome|cannot distinguish between|"
-        r"suggest(?:s|ed|ive of|ing)?|question of|possibility of|potential|"
+        r"suggestion of|suggest(?:s|ed|ive of|ing)?|question of|possibility of|potential|"
+        r"correlat(?:e|ion) clinically for|clinical(?:ly)? correlat(?:e|ion) for|"
         r"differential (?:diagnosis )?(?:includes|would include|considerations include)|"
         r"(?:to )?rule out|r/o|to exclude|(?:evaluate|eval|assess|evaluation|assessment) (?:for|of)|"
         r"\?)",
@@ -141,7 +152,7 @@ CUE_RULES: Final[tuple[CueRule, ...]] = (
         r"(?:is|are|was|were|has been|have been|had been)(?: also| now| again)? (?:absent|excluded|"
         r"ruled out|resolved|removed|gone|cleared|no longer present)|(?:has|have|had) (?:since |now |"
         r"nearly |almost |completely |largely |essentially |interval(?:ly)? )?(?:resolved|cleared|"
-        r"been removed)",
+        r"been removed)|(?:has|have|had) not (?:recurred|returned|re-?accumulated)",
         "negative",
         "post",
         6,

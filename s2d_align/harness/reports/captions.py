@@ -125,6 +125,21 @@ def footnotes(
         notes.append(
             "WARNING: mixed protocol signatures in this table: " + "; ".join(f"`{s}`" for s in sigs)
         )
+    for note in _ce_caveats(results, sigs):
+        notes.append(note)
     if shas:
         notes.append(f"Code: {', '.join(s[:12] for s in shas)}")
     return notes
+
+
+def _ce_caveats(results: PresetResults, signatures: list[str]) -> list[str]:
+    """The rules labeler's comparability warning, once, when it scored real reports."""
+    from s2d_align.evaluation.labelers.rules import comparability_note
+
+    ce_fields = {
+        part[3:] for sig in signatures for part in sig.split("|") if part.startswith("ce:")
+    }
+    notes = {
+        comparability_note(ce, dataset) for ce in ce_fields for dataset in results.datasets
+    } - {None}
+    return sorted(n for n in notes if n)

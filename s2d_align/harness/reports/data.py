@@ -23,6 +23,7 @@ class PresetResults:
     signatures: dict[str, list[str]]  # split -> distinct protocol signatures
     headline: str  # the CE headline metric name ScoreReport named
     manifest_hashes: dict[str, list[str]]
+    datasets: tuple[str, ...] = ()  # data.dataset of the runs (selects the CE caveats)
 
     @property
     def variants(self) -> list[str]:
@@ -112,4 +113,5 @@ def load_preset(store: Store, preset: str, purpose: str = "ablate") -> PresetRes
         signatures={k: sorted(v) for k, v in signatures.items()},
         headline=max(set(headlines), key=headlines.count) if headlines else "",
         manifest_hashes={k: sorted(v) for k, v in manifests.items()},
+        datasets=tuple(sorted({str(r.config.get("data", {}).get("dataset")) for r in runs})),
     )

@@ -26,6 +26,8 @@ from s2d_align.harness.reports.significance import CORPUS
 from s2d_align.harness.reports.tables import MARK, AblationTable
 
 DPI = 130
+#: Per-observation support (references positive under the headline mapping), when recorded.
+SUPPORT_PREFIX = "ce_support/"
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -161,10 +163,23 @@ def delta_forest(table: AblationTable, path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def _support(metrics: pd.DataFrame, split: str, columns: Sequence[str]) -> dict[str, str]:
+    """Observation -> references positive ("12", or "10-12" if rows disagree), from the
+    ``ce_support/<observation>`` rows when the store has them."""
+    rows = metrics[(metrics["split"] == split) & metrics["metric"].str.startswith(SUPPORT_PREFIX)]
+    found = {}
+    for obs, values in rows.groupby(rows["metric"].str[len(SUPPORT_PREFIX) :])["value"]:
+        low, high = int(values.min()), int(values.max())
+        found[obs] = str(low) if low == high else f"{low}-{high}"
+    return {c: found[c] for c in columns if c in found}
+
+
 def ce_heatmap(
     metrics: pd.DataFrame, split: str, path: Path, prefix: str = "ce_f1/"
 ) -> Path | None:
-    """Per-observation CE F1, variants x observations, mean over seeds."""
+    """Per-observation CE F1, variants x observations, mean over seeds. With ``ce_support/``
+    rows each column also says how many references are positive, and an observation with none
+    reads "absent" rather than an F1 of 0 that would look like a miss."""
     frame = metrics[(metrics["split"] == split) & metrics["metric"].str.startswith(prefix)]
     if frame.empty:
         return None
@@ -174,15 +189,26 @@ def ce_heatmap(
     grid = grid.reindex(order_variants(grid.index))
     columns = list(dict.fromkeys(frame["metric"].str[len(prefix) :]))  # store order
     grid = grid[[c for c in columns if c in grid.columns]]
+    support = _support(metrics, split, list(grid.columns))
+    absent = [c for c, n in support.items() if n == "0"]
+    shown = grid.copy()
+    shown[absent] = float("nan")  # no F1 to read: left blank and marked below
     sns.set_theme(style="white", context="paper")
     fig, ax = plt.subplots(figsize=(0.7 * grid.shape[1] + 2.5, 0.45 * grid.shape[0] + 2))
-    sns.heatmap(grid, annot=True, fmt=".2f", cmap="viridis", vmin=0, vmax=1, ax=ax,
+    sns.heatmap(shown, annot=True, fmt=".2f", cmap="viridis", vmin=0, vmax=1, ax=ax,
                 cbar_kws={"label": "F1"}, annot_kws={"fontsize": 6})  # fmt: skip
+    for x, column in enumerate(grid.columns):
+        if column in absent:
+            for y in range(len(grid)):
+                ax.text(x + 0.5, y + 0.5, "absent", ha="center", va="center", fontsize=6)
+    if support:
+        ax.set_xticklabels([f"{c} (n={support[c]})" if c in support else c for c in grid.columns])
     n_rows = int((~grid.index.to_series().astype(str).str.startswith(REFERENCE_PREFIX)).sum())
     if 0 < n_rows < len(grid):  # set the reference rows (last) apart from the variants
         ax.axhline(n_rows, color="white", lw=3)
         ax.set_yticklabels([display_name(str(v)) for v in grid.index], rotation=0)
-    ax.set_title(f"Per-observation CE F1 ({split}, mean over seeds)", fontsize=10)
+    n_note = "; n = references positive, absent = none" if support else ""
+    ax.set_title(f"Per-observation CE F1 ({split}, mean over seeds{n_note})", fontsize=10)
     ax.set_xlabel("")
     ax.set_ylabel("")
     ax.tick_params(axis="x", labelrotation=60, labelsize=7)
