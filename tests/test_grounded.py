@@ -288,7 +288,10 @@ def test_score_corpus_returns_grounded_metrics_with_cis_counts_and_signature():
         assert m.ci_low is not None and m.ci_high is not None
         assert m.ci_low <= m.value + 1e-12 and m.value <= m.ci_high + 1e-12, name
     assert report.metrics["grounded/f1"].value < report.metrics["grounded/ungrounded_f1"].value
-    assert list(report.metrics)[-len(GROUNDED_METRICS) :] == list(GROUNDED_METRICS)
+    names = list(report.metrics)  # the grounded block, in order, after every CE cell
+    start = names.index(GROUNDED_METRICS[0])
+    assert names[start : start + len(GROUNDED_METRICS)] == list(GROUNDED_METRICS)
+    assert start > max(i for i, n in enumerate(names) if n.startswith("ce_f1/"))
     for field in COUNT_FIELDS:
         assert set(report.per_sample[f"grounded/{field}"]) == set(REFS)
     tp = sum(report.per_sample["grounded/tp"].values())
