@@ -140,3 +140,33 @@ def test_label_counts_dropped_sections_and_reports_with_no_text(
     assert mimic["labels"]["Pleural Effusion"] == 1 and mimic["dropped_sections"] == ["indication"]
     assert empty["no_text"] is True and empty["dropped_sections"] == ["indication", "comparison"]
     assert all(v is None for v in empty["labels"].values())
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"id": "a", "report": null}\n', "entry 1 (id 'a'): report is null"),
+        ("\n\n", "no reports"),
+        ("", "no reports"),
+        ('\n{"id": "a", "report": null}\n', "entry 1 (line 2) (id 'a'): report is null"),
+    ],
+)
+def test_label_null_report_and_empty_file_name_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, message: str
+) -> None:
+    src = tmp_path / "in.jsonl"
+    src.write_text(text, encoding="utf-8")
+    assert main(["label", "--in", str(src), "--out", str(tmp_path / "o.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert "in.jsonl" in err and message in err
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_label_refuses_to_overwrite_its_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = _write(tmp_path / "reports.jsonl", [{"id": "a", "report": "No effusion."}])
+    before = src.read_bytes()
+    assert main(["label", "--in", str(src), "--out", str(tmp_path / "." / "reports.jsonl")]) == 2
+    assert "is the input --in" in capsys.readouterr().err
+    assert src.read_bytes() == before

@@ -241,3 +241,42 @@ def test_a_shared_nlg_scorer_gives_the_numbers_of_a_fresh_one_on_every_call():
     for a, b in zip([*fresh, fresh[0]], reused, strict=True):
         assert a.metrics == b.metrics and a.per_sample == b.per_sample
         assert a.signature == b.signature
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"id": "t1", "prediction": null}\n', "entry 1 (id 't1'): prediction is null"),
+        ('{"id": "t1"}\n', "missing prediction"),
+        ('{"id": null, "prediction": "x"}\n', "'id' is null"),
+    ],
+)
+def test_score_null_prediction_says_so(ann, tmp_path, capsys, text, message):
+    pred = tmp_path / "pred.jsonl"
+    pred.write_text(text, encoding="utf-8")
+    assert main(["score", "--pred", str(pred), "--ann", str(ann), "--no-cache"]) == 2
+    err = capsys.readouterr().err
+    assert "pred.jsonl" in err and message in err
+
+
+def test_clip_interval_keeps_cis_inside_the_metric_range():
+    from s2d_align.evaluation.score import clip_interval
+
+    assert clip_interval("METEOR", 0.660, 1.035) == (0.660, 1.0)
+    assert clip_interval("BLEU_4", -0.02, 0.3) == (0.0, 0.3)
+    assert clip_interval("ce_f1/Pneumonia", 1.2, 1.4) == (1.0, 1.0)
+    assert clip_interval("CIDEr", -0.1, 2.5) == (0.0, 2.5)  # CIDEr-D exceeds 1 legitimately
+
+
+@pytest.mark.java
+def test_every_bounded_ci_lies_in_zero_one():
+    # A punctuation-only prediction beside exact copies: METEOR's CI is shifted onto the corpus
+    # value, the step that once gave [0.660, 1.035].
+    preds = dict(TEST_REPORTS)
+    preds[sorted(preds)[0]] = ". , ;"
+    report = score_corpus(preds, TEST_REPORTS, EvalConfig(bootstrap=100), manifest_hash="0" * 64)
+    for name, m in report.metrics.items():
+        if m.ci_low is None:
+            continue
+        top = float("inf") if name == "CIDEr" else 1.0
+        assert 0.0 <= m.ci_low <= m.ci_high <= top, (name, m)

@@ -115,6 +115,25 @@ def _import_mimic(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_bad_images(manifest: dict[str, Any], limit: int = 20) -> None:
+    """Name the missing and unreadable image files (the table only counts them)."""
+    lines = [
+        f"{split}: {kind} image {bad['path']} (entry {bad['id']})"
+        + (
+            f": {str(bad['error']).removeprefix(str(bad['path']) + ': ')}"
+            if bad.get("error")
+            else ""
+        )
+        for split, sec in manifest["splits"].items()
+        for kind, key in (("missing", "missing_images"), ("unreadable", "unreadable_images"))
+        for bad in sec.get(key) or []
+    ]
+    for line in lines[:limit]:
+        print(line)
+    if len(lines) > limit:
+        print(f"... and {len(lines) - limit} more bad image(s), listed in the manifest JSON")
+
+
 def _check(args: argparse.Namespace) -> int:
     from s2d_align.data.audit import audit_annotation, print_manifest, write_manifest
     from s2d_align.data.r2gen import load_annotation
@@ -139,6 +158,7 @@ def _check(args: argparse.Namespace) -> int:
         progress=_progress(),
     )
     print_manifest(manifest)
+    _print_bad_images(manifest)
     write_manifest(manifest, out)
     print(f"manifest written to {out}")
     return 1 if args.strict and not manifest["ok"] else 0

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from s2d_align.config.schema import EvalConfig
 from s2d_align.errors import DataError
-from s2d_align.utils.io import iter_jsonl, write_jsonl
+from s2d_align.utils.io import check_output_path, iter_jsonl_lines, write_jsonl
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -76,22 +76,26 @@ def read_reports(path: Path, field: str | None = None) -> tuple[list[str], list[
     ids: list[str] = []
     reports: list[str] = []
     seen: set[str] = set()
-    for lineno, row in enumerate(iter_jsonl(path), 1):
-        where = f"{path}: entry {lineno}"
-        if not isinstance(row, dict):
-            raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    for index, (lineno, row) in enumerate(iter_jsonl_lines(path), 1):
+        where = f"{path}: entry {index}" + (f" (line {lineno})" if lineno != index else "")
         name = _text_field(row, field, where)
         key, report = row.get("id"), row[name]
         if key is None:
             raise DataError(f'{where}: needs "id" and "{name}", got keys {sorted(row)}')
+        if report is None:
+            raise DataError(f'{where} (id {key!r}): {name} is null; write "" for an empty one')
         if not isinstance(report, str):
-            raise DataError(f"{where} (id {key!r}): {name} must be a string")
+            raise DataError(
+                f"{where} (id {key!r}): {name} must be a string, got {type(report).__name__}"
+            )
         key = str(key)
         if key in seen:
             raise DataError(f"{path}: entry {lineno}: duplicate id {key!r}")
         seen.add(key)
         ids.append(key)
         reports.append(report)
+    if not ids:
+        raise DataError(f"{path}: no reports (the file holds no JSON lines)")
     return ids, reports
 
 
@@ -105,6 +109,7 @@ def _label(args: argparse.Namespace) -> int:
         chexbert_sha256=args.chexbert_sha256,
         vocab=str(args.vocab) if args.vocab else None,
     )
+    check_output_path(args.out, {"--in": args.inp})
     ids, reports = read_reports(args.inp, args.field)
     labeler = get_labeler(
         cfg, batch_size=args.batch_size, device=args.device, progress=sys.stderr.isatty()

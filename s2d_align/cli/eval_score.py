@@ -29,7 +29,7 @@ from s2d_align.evaluation.nlg import NLG_METRICS
 from s2d_align.evaluation.profiles import PROFILES
 from s2d_align.evaluation.records import Comparison, ScoreReport
 from s2d_align.evaluation.score import SUPPORT_PREFIX, check_ids, compare_corpora, score_corpus
-from s2d_align.utils.io import check_output_path, iter_jsonl, write_json
+from s2d_align.utils.io import check_output_path, iter_jsonl_lines, write_json
 
 
 def _add_eval_options(p: argparse.ArgumentParser) -> None:
@@ -76,19 +76,29 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def read_predictions(path: Path) -> dict[str, str]:
-    """``{id: prediction}`` from a predictions JSONL; bad or duplicate entries name file and entry."""
+    """``{id: prediction}`` from a predictions JSONL; bad or duplicate entries name the file, the
+    entry and (where blank lines make them differ) its line."""
     out: dict[str, str] = {}
-    for index, row in enumerate(iter_jsonl(path), 1):
-        key, text = row.get("id"), row.get("prediction")
-        if key is None or text is None:
+    for index, (lineno, row) in enumerate(iter_jsonl_lines(path), 1):
+        where = f"{path}: entry {index}" + (f" (line {lineno})" if lineno != index else "")
+        missing = [k for k in ("id", "prediction") if k not in row]
+        if missing:
             raise DataError(
-                f"{path}: entry {index}: needs 'id' and 'prediction' keys, got {sorted(row)}"
+                f"{where}: needs 'id' and 'prediction' keys, missing {', '.join(missing)} "
+                f"(got keys {sorted(row)})"
             )
+        key, text = row["id"], row["prediction"]
+        if key is None:
+            raise DataError(f"{where}: 'id' is null")
+        if text is None:
+            raise DataError(f'{where} (id {key!r}): prediction is null; write "" for an empty one')
         if not isinstance(text, str):
-            raise DataError(f"{path}: entry {index} (id {key!r}): prediction is not a string")
+            raise DataError(
+                f"{where} (id {key!r}): prediction must be a string, got {type(text).__name__}"
+            )
         key = str(key)
         if key in out:
-            raise DataError(f"{path}: entry {index}: duplicate id {key!r}")
+            raise DataError(f"{where}: duplicate id {key!r}")
         out[key] = text
     return out
 

@@ -8,6 +8,7 @@ and figures go. Every handler only parses, calls ``s2d_align.harness`` and print
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -53,9 +54,27 @@ def _progress(args: argparse.Namespace) -> bool:
 
 
 def _open_store(args: argparse.Namespace, results_dir: str | None = None):
-    from s2d_align.harness.store import Store
+    from s2d_align.harness.store import Store, file_in_the_way, sqlite_path, storage_url
 
+    if getattr(args, "dry_run", False):
+        # A plan only reads: an existing store read-only, else an empty one in memory, so
+        # that no folder or database is created.
+        path = sqlite_path(storage_url(args.storage, results_dir or args.out))
+        if path is not None and not path.exists() and file_in_the_way(path) is None:
+            return Store("sqlite://")
+        return Store.open_readonly(args.storage, results_dir or args.out)
     return Store.open(args.storage, results_dir or args.out)
+
+
+def reports_dir(args: argparse.Namespace) -> str:
+    """``--reports`` as given; else the repository's ``reports/`` for the default store, and
+    ``OUT/reports`` when ``--out`` or ``--storage`` name another one (its reports must not
+    overwrite those of the main results)."""
+    if args.reports is not None:
+        return args.reports
+    if args.storage or Path(args.out) != Path(DEFAULT_RESULTS):
+        return str(Path(args.out) / "reports")
+    return DEFAULT_REPORTS
 
 
 # -- ablate ------------------------------------------------------------------------------------
@@ -65,23 +84,40 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     from s2d_align.harness.variants import grid_variants, load_variants
 
     console = make_console()
+    args.reports = reports_dir(args)
+    claim_timeout_s = parse_claim_timeout(args.claim_timeout)
     variants = load_variants(_csv(args.variants) or grid_variants())
     specs = plan_grid(args.preset, variants, _seeds(args.seeds), overrides=args.overrides)
     store = _open_store(args)
     try:
         runner = Runner(store, args.out, cache_root=args.cache_root, progress=_progress(args),
-                        references=not args.no_references)  # fmt: skip
+                        references=not args.no_references,
+                        claim_timeout_s=claim_timeout_s)  # fmt: skip
         jobs = parse_jobs(args.jobs, specs)
         if args.dry_run:
             print_plan(console, runner, specs, jobs)
             return 0
         started = time.perf_counter()
-        grid = runner.run_grid(specs, jobs=jobs)
+        try:
+            grid = runner.run_grid(specs, jobs=jobs)
+        except KeyboardInterrupt:
+            print(
+                "interrupted: finished runs are kept in the store; run the same command again "
+                "to resume",
+                file=sys.stderr,
+            )
+            return 130
+        claimed = f"{len(grid.claimed)} being trained by another process, " if grid.claimed else ""
         console.print(
             f"grid: {len(grid.executed)} run(s) executed, {len(grid.skipped)} already complete, "
-            f"{len(grid.failed)} failed, in {_duration(time.perf_counter() - started)} "
+            f"{claimed}{len(grid.failed)} failed, in {_duration(time.perf_counter() - started)} "
             f"({jobs} at a time)"
         )
+        for run_id, holder in grid.claimed.items():
+            console.print(
+                f"[yellow]skipped[/] {run_id}: being trained by {holder}; "
+                "run ablate again once it is done to include it"
+            )
         for run_id, outcome in grid.references.items():
             if not outcome.startswith("failed"):
                 console.print(f"reference row {run_id}: {outcome}")
@@ -172,8 +208,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 # -- report ------------------------------------------------------------------------------------
 def cmd_report(args: argparse.Namespace) -> int:
     from s2d_align.harness.reports import build_reports
+    from s2d_align.harness.store import Store
 
-    store = _open_store(args, args.results)
+    store = Store.open_readonly(args.storage, args.results)  # a report never writes the store
     try:
         written = build_reports(store, args.out)
     finally:
@@ -238,6 +275,21 @@ def _jobs_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+def parse_claim_timeout(text: str) -> float:
+    """``--claim-timeout``: seconds, or a number with s, m or h."""
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
+    value, scale = (text[:-1], units[text[-1]]) if text and text[-1] in units else (text, 1.0)
+    try:
+        seconds = float(value) * scale
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0 or seconds == float("inf"):
+        raise ConfigError(
+            f"--claim-timeout must be a positive duration such as 3600, 90m or 6h, got {text!r}"
+        )
+    return seconds
+
+
 def parse_jobs(text: str, specs) -> int:
     from s2d_align.harness.runner import auto_jobs
 
@@ -266,13 +318,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_store_args(p)
     p.add_argument(
-        "--reports", default=DEFAULT_REPORTS, help="reports directory (default: %(default)s)"
+        "--reports",
+        help=f"reports directory (default: {DEFAULT_REPORTS}/ for the default store; OUT/reports "
+        "when --out or --storage name another store, so its reports stay beside its results)",
     )
     p.add_argument("--dry-run", action="store_true", help="print the plan with a time estimate")
     p.add_argument(
         "--no-references",
         action="store_true",
         help="do not record the reference rows (all-normal, nn-retrieval, oracle-paraphrase)",
+    )
+    p.add_argument(
+        "--claim-timeout",
+        default="6h",
+        help="a run claimed by a process on another host that has shown no sign of life for "
+        "this long (seconds, or e.g. 90m, 6h) is taken over; a dead process on this host is "
+        "taken over at once (default: %(default)s)",
     )
     _jobs_arg(p)
     _common_run_args(p)
@@ -289,7 +350,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     _common_run_args(p)
     p.set_defaults(handler=cmd_sweep)
 
-    p = sub.add_parser("report", help="rebuild tables and figures from the results store")
+    p = sub.add_parser(
+        "report",
+        help="rebuild tables and figures from the results store",
+        description="Rebuild the tables and figures of every preset the store holds (opened "
+        "read-only); the index keeps the entries of presets already under OUT.",
+    )
     p.add_argument(
         "--out", default=DEFAULT_REPORTS, help="reports directory (default: %(default)s)"
     )

@@ -24,7 +24,7 @@ def _secs(value: float | None) -> str:
 def _store(args: argparse.Namespace):
     from s2d_align.harness.store import Store
 
-    return Store.open(args.storage, args.out)
+    return Store.open_readonly(args.storage, args.out)  # reading never creates or changes it
 
 
 def cmd_list(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ import importlib
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 
 from s2d_align import __version__
@@ -28,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "--debug", action="store_true", help="show the full traceback when a command fails"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         try:
@@ -40,20 +44,56 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse, letting ``key=value`` overrides sit on either side of options
+    (``k=v --out X k2=v``): argparse alone stops the positional list at the first option."""
+    args, extra = parser.parse_known_args(argv)
+    if "--debug" in extra:  # also accepted after the command
+        args.debug = True
+        extra = [t for t in extra if t != "--debug"]
+    if extra:
+        stray = [t for t in extra if t.startswith("-") or "=" not in t]
+        if stray or not isinstance(getattr(args, "overrides", None), list):
+            parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+        args.overrides = [*args.overrides, *extra]
+    return args
+
+
+def _one_line(exc: BaseException) -> str:
+    """What failed and where, in one line (the traceback is for ``--debug``)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        where = exc.filename if exc.filename is not None else ""
+        if exc.filename2 is not None:
+            where = f"{where} -> {exc.filename2}"
+        return f"{exc.strerror}: {where}" if where else exc.strerror
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit code (0 ok, 1 failed check, 2 user error)."""
+    """Run the CLI; returns the exit code (0 ok, 1 failed check or unexpected error, 2 user
+    error). Failures print one ``error:`` line; ``--debug`` adds the traceback."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub
     parser = build_parser()
-    args = parser.parse_args(list(argv) if argv is not None else None)
+    args = _parse(parser, list(argv) if argv is not None else None)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
         return int(args.handler(args) or 0)
-    except S2DError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # the CLI boundary: one line, never a traceback
+        if args.debug:
+            traceback.print_exc(file=sys.stderr)
+        if isinstance(exc, S2DError):
+            print(f"error: {' '.join(str(exc).splitlines())}", file=sys.stderr)
+            return 2
+        hint = "" if args.debug else " (rerun with --debug for the traceback)"
+        print(f"error: {_one_line(exc)}{hint}", file=sys.stderr)
+        return 2 if isinstance(exc, OSError) else 1
 
 
 def entrypoint() -> None:

@@ -43,6 +43,8 @@ def find_ablations_dir() -> Path:
 def preset_path(preset: str | Path) -> Path:
     """A preset name (``smoke``) or a path to a YAML file."""
     candidate = Path(preset)
+    if candidate.is_dir() and (candidate.suffix or len(candidate.parts) > 1):
+        raise ConfigError(f"preset {candidate} is a directory, not a YAML file")
     if candidate.suffix in (".yaml", ".yml"):
         if not candidate.is_file():
             raise ConfigError(f"preset file not found: {candidate}")

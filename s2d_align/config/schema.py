@@ -271,6 +271,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check(self.total_steps >= 1, "train.total_steps must be >= 1")
+        # torch would only fail at the first step, with a traceback that names no key
+        _check(0 < self.lr < float("inf"), f"train.lr must be a positive number, got {self.lr!r}")
         _check(self.batch_size >= 1 and self.grad_accum >= 1, "train.batch_size/grad_accum >= 1")
         _check(0 <= self.warmup_fraction < 1, "train.warmup_fraction must be in [0, 1)")
         _check(

@@ -37,19 +37,27 @@ def resolve_under_root(relpath: str, image_root: Path) -> Path:
     return resolved
 
 
+def _require_file(path: Path) -> None:
+    if path.is_dir():
+        raise DataError(f"image path {path} is a directory, not an image file")
+    if not path.is_file():
+        raise DataError(f"image not found: {path}")
+
+
 def verify_image(path: str | Path) -> None:
     """Check that ``path`` exists and decodes as an image (Pillow ``verify`` plus a full load).
 
     ``verify`` alone misses truncated pixel data in some formats, so the image is also loaded.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"image not found: {path}")
+    _require_file(path)
     try:
         with Image.open(path) as img:
             img.verify()
         with Image.open(path) as img:
             img.load()
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"{path}: refused to decode, too many pixels: {exc}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"{path}: cannot decode image: {exc}") from None
 
@@ -60,8 +68,7 @@ def load_image(path: str | Path, size: int | None) -> np.ndarray:
     Colour images are converted to luminance; 16-bit images keep their full range.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"image not found: {path}")
+    _require_file(path)
     try:
         with Image.open(path) as img:
             img.load()
@@ -73,6 +80,8 @@ def load_image(path: str | Path, size: int | None) -> np.ndarray:
                 arr = arr / (65535.0 if peak > 255.0 else 255.0)
             else:
                 arr = np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"{path}: refused to decode, too many pixels: {exc}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"{path}: cannot decode image: {exc}") from None
     if size is not None:

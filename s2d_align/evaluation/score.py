@@ -138,6 +138,19 @@ def _specs(
     return specs
 
 
+#: Metrics not bounded above by 1 (CIDEr-D is a scaled, summed cosine); every metric is >= 0.
+UNBOUNDED_ABOVE = frozenset({"CIDEr"})
+
+
+def clip_interval(name: str, low: float, high: float) -> tuple[float, float]:
+    """A CI clipped to the metric's range: [0, 1] for BLEU, METEOR, ROUGE-L, CE and grounded
+    cells, [0, inf) for CIDEr. METEOR's interval is shifted from the mean per-report score onto
+    the corpus value, which can push it past the range (a punctuation-only prediction gave
+    [0.660, 1.035])."""
+    top = float("inf") if name in UNBOUNDED_ABOVE else 1.0
+    return min(max(low, 0.0), top), min(max(high, 0.0), top)
+
+
 def _metrics(specs: list[_Spec], cfg: EvalConfig) -> dict[str, Metric]:
     intervals = bootstrap_intervals(
         {i: s.stat for i, s in enumerate(specs)}, n_boot=cfg.bootstrap, seed=cfg.ci_seed
@@ -152,7 +165,8 @@ def _metrics(specs: list[_Spec], cfg: EvalConfig) -> dict[str, Metric]:
             if i in intervals:
                 low, high = intervals[i]
                 metrics[name] = Metric(
-                    spec.values[j], float(low[j] + offset[j]), float(high[j] + offset[j])
+                    spec.values[j],
+                    *clip_interval(name, float(low[j] + offset[j]), float(high[j] + offset[j])),
                 )
             else:
                 metrics[name] = Metric(spec.values[j])

@@ -151,3 +151,20 @@ class TrainLog(Base):
         ForeignKey("s2d_runs.id", ondelete="CASCADE"), primary_key=True
     )
     rows: Mapped[list[Any]] = mapped_column(JSON)
+
+
+class RunClaim(Base):
+    """Who is working on a run right now: at most one owner per run id (the primary key).
+
+    A table of its own (no foreign key: a claim is taken before the run row exists) keeps stores
+    written before claims existed readable: ``create_all`` adds it, nothing else changes.
+    """
+
+    __tablename__ = "s2d_claims"
+
+    run_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(300))  # "host:pid:token"
+    host: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int] = mapped_column(Integer)
+    claimed_at: Mapped[datetime] = mapped_column(default=now)
+    heartbeat_at: Mapped[datetime] = mapped_column(default=now)

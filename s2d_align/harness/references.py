@@ -33,6 +33,7 @@ import pandas as pd
 
 from s2d_align.config import Config, to_dict
 from s2d_align.errors import ConfigError, DataError, S2DError
+from s2d_align.harness.ownership import RunClaimedError
 from s2d_align.harness.provenance import environment, git_sha
 from s2d_align.harness.records import now
 from s2d_align.harness.spec import RunSpec
@@ -267,7 +268,15 @@ def record_reference_rows(
             continue
         try:
             runner.prepare_shared(plan.spec)
-            outcomes[plan.run_id] = _record(runner, source, plan)
+            run_dir = plan.run_dir(runner.results_dir)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            with runner.claimed(plan.run_id, run_dir):  # one recorder per row, as for runs
+                if reference_state(runner.store, plan) == "complete":
+                    outcomes[plan.run_id] = "already recorded"
+                else:
+                    outcomes[plan.run_id] = _record(runner, source, plan)
+        except RunClaimedError as exc:
+            outcomes[plan.run_id] = f"skipped: being recorded by {exc.holder}"
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # one broken row must not cost the grid

@@ -16,6 +16,12 @@ its own GPU (worker k sees only visible device k mod #GPUs). The one-time
 caches (data, tokenizer, tiny-LM pre-training) are built once in this process first. A run's
 result does not depend on ``jobs``: every run trains in one process from its own seed.
 
+Every run is claimed before it is touched (``harness.ownership``: a row in the store's claims
+table, and ``RUN_DIR/.owner``), so grids started twice, or with overlapping runs, on one store
+or one results folder train each run once: a run claimed by a live process is skipped and
+listed in ``GridReport.claimed``; a stale claim (dead process, or no heartbeat for
+``claim_timeout_s``) is taken over. Only the owner writes a run's status.
+
 An ``ablate`` grid first records its reference rows (``harness.references``: all-normal,
 nn-retrieval, oracle-paraphrase), in this process, after the shared caches, once per data.
 """
@@ -25,15 +31,27 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from s2d_align.errors import ConfigError, S2DError
+from s2d_align.harness.ownership import (
+    DEFAULT_CLAIM_TIMEOUT_S,
+    Heartbeat,
+    Owner,
+    RunClaimedError,
+    acquire_lock_file,
+    heartbeat_interval,
+    release_lock_file,
+    touch_lock_file,
+)
 from s2d_align.harness.provenance import environment, git_sha
 from s2d_align.harness.records import now
 from s2d_align.harness.spec import (
@@ -71,6 +89,7 @@ class GridReport:
     executed: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    claimed: dict[str, str] = field(default_factory=dict)  # run id -> "host:pid" training it
     references: dict[str, str] = field(default_factory=dict)  # reference row id -> outcome
 
     @property
@@ -92,6 +111,9 @@ def plan_grid(
         raise ConfigError("the grid is empty: no variants given")
     if not seeds:
         raise ConfigError("the grid is empty: no seeds given")
+    repeated = sorted({int(s) for s in seeds if list(map(int, seeds)).count(int(s)) > 1})
+    if repeated:  # one run folder trained by two workers at once otherwise
+        raise ConfigError(f"seed {repeated[0]} is listed twice")
     specs = []
     budgets = set()
     for variant in variants:
@@ -132,11 +154,17 @@ class Runner:
         prepare_fn: Callable[..., None] | None = None,
         reference_source: Any = None,
         references: bool = True,
+        claim_timeout_s: float = DEFAULT_CLAIM_TIMEOUT_S,
     ):
         """``reference_source`` makes the reference rows (``harness.references``); by default
         the real one when the real pipeline runs, none with injected fakes. ``references=False``
-        records none."""
+        records none. ``claim_timeout_s``: how long without a heartbeat before another
+        process's claim on a run counts as abandoned."""
+        if claim_timeout_s <= 0:
+            raise ConfigError(f"claim timeout must be positive, got {claim_timeout_s:g} s")
         self.store = store
+        self.claim_timeout_s = float(claim_timeout_s)
+        self.owner = Owner.current()
         self.results_dir = Path(results_dir)
         self.cache_root = Path(cache_root) if cache_root is not None else self.results_dir / "cache"
         self.progress = progress
@@ -185,13 +213,55 @@ class Runner:
 
     # -- one run -------------------------------------------------------------------------------
     def run_one(self, spec: RunSpec, hooks=None) -> str:
-        """Bring one run to ``complete``; returns its id. Raises what ``run_fn`` raises."""
+        """Bring one run to ``complete``; returns its id. Raises what ``run_fn`` raises, and
+        ``RunClaimedError`` when another live process is working on the run."""
+        self._attempt(spec, hooks)
+        return spec.run_id
+
+    def _attempt(self, spec: RunSpec, hooks=None) -> str:
+        """``executed``, or ``complete`` when there was nothing left to do."""
         if spec.purpose == "sweep" and "test" in spec.splits:
             raise TestSetLockError(f"{spec.run_id}: sweeps select on val only; test was requested")
         if self.state(spec) == "complete":
-            return spec.run_id
+            return "complete"
         run_dir = spec.run_dir(self.results_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
+        with self.claimed(spec.run_id, run_dir):
+            if self.state(spec) == "complete":  # its previous owner finished it meanwhile
+                return "complete"
+            self._execute(spec, run_dir, hooks)
+        return "executed"
+
+    @contextmanager
+    def claimed(self, run_id: str, run_dir: Path):
+        """Hold ``run_id`` (store claim + ``run_dir/.owner``) for the ``with`` block, with a
+        heartbeat; ``RunClaimedError`` when a live process holds it."""
+        held = self.store.claim_run(run_id, self.owner, timeout_s=self.claim_timeout_s)
+        if held is not None:
+            raise RunClaimedError(run_id, f"{held.host}:{held.pid}")
+        try:
+            holder = acquire_lock_file(run_dir, self.owner, self.claim_timeout_s)
+            if holder is not None:
+                raise RunClaimedError(run_id, holder)
+            try:
+                with Heartbeat(lambda: self._beat(run_id, run_dir), self._beat_every):
+                    yield
+            finally:
+                release_lock_file(run_dir, self.owner)
+        finally:
+            self.store.release_claim(run_id, self.owner)
+
+    @property
+    def _beat_every(self) -> float:
+        return heartbeat_interval(self.claim_timeout_s)
+
+    def _beat(self, run_id: str, run_dir: Path) -> None:
+        if not self.store.heartbeat_claim(run_id, self.owner):
+            log.warning("run %s: this process (%s) no longer holds its claim", run_id,
+                        self.owner.label)  # fmt: skip
+        touch_lock_file(run_dir, self.owner)
+
+    def _execute(self, spec: RunSpec, run_dir: Path, hooks) -> None:
         if spec.config_sources:  # where each value of config.yaml came from
             write_json(run_dir / CONFIG_SOURCES_FILE, dict(spec.config_sources))
         self.store.create_run(
@@ -239,21 +309,25 @@ class Runner:
             raise
         except BaseException as exc:
             pruned = type(exc).__name__ == "TrialPruned"
-            self.store.update_run(
+            self._set_status(
                 spec.run_id,
                 status="pruned" if pruned else "failed",
                 error=f"{type(exc).__name__}: {exc}",
                 finished_at=now(),
             )
             raise
-        self.store.update_run(
+        self._set_status(
             spec.run_id,
             status="complete",
             generate_wall_s=artifacts.generate_wall_s,
             score_wall_s=score_wall,
             finished_at=now(),
         )
-        return spec.run_id
+
+    def _set_status(self, run_id: str, **fields) -> None:
+        if not self.store.update_owned_run(run_id, self.owner, **fields):
+            log.warning("run %s: not writing status %r, its claim is no longer %s's", run_id,
+                        fields.get("status"), self.owner.label)  # fmt: skip
 
     def prepare_shared(self, spec: RunSpec) -> None:
         """Build the caches ``spec`` shares with its grid (data, tokenizer, LM, vision tower)
@@ -387,8 +461,9 @@ class Runner:
 
     def _run_recorded(self, spec: RunSpec, report: GridReport, stop_on_error: bool) -> None:
         try:
-            self.run_one(spec)
-            report.executed.append(spec.run_id)
+            _note_outcome(report, spec.run_id, self._attempt(spec))
+        except RunClaimedError as exc:
+            _note_outcome(report, spec.run_id, ("claimed", exc.holder))
         except Exception as exc:  # recorded as failed; the rest of the grid still runs
             _record_failure(report, spec.run_id, exc)
             if stop_on_error:
@@ -415,6 +490,7 @@ class Runner:
             scorer,
             logging.getLogger().getEffectiveLevel(),
             devices,
+            self.claim_timeout_s,
         )
         log.info("grid: %d run(s) on %d parallel worker(s)%s", len(todo), jobs,
                  f", GPUs {', '.join(gpus)}" if gpus else "")  # fmt: skip
@@ -433,7 +509,7 @@ class Runner:
                     spec = futures[future]
                     exc = future.exception()
                     if exc is None:
-                        report.executed.append(spec.run_id)
+                        _note_outcome(report, spec.run_id, future.result())
                     else:
                         _record_failure(report, spec.run_id, exc)
                         if stop_on_error:
@@ -494,6 +570,16 @@ class _ValScoringHooks:
         self.inner.intermediate(step, metrics)
 
 
+def _note_outcome(report: GridReport, run_id: str, outcome) -> None:
+    if outcome == "executed":
+        report.executed.append(run_id)
+    elif outcome == "complete":  # finished by another process while this grid waited
+        report.skipped.append(run_id)
+    else:
+        report.claimed[run_id] = outcome[1]
+        log.warning("run %s is being trained by %s; skipped", run_id, outcome[1])
+
+
 def _record_failure(report: GridReport, run_id: str, exc: BaseException) -> None:
     report.failed[run_id] = f"{type(exc).__name__}: {exc}"
     if isinstance(exc, S2DError):
@@ -540,10 +626,14 @@ def _init_worker(
     scorer: Scorer | None,
     log_level: int,
     devices: Any = None,
+    claim_timeout_s: float = DEFAULT_CLAIM_TIMEOUT_S,
 ) -> None:
     from multiprocessing import util
 
     global _WORKER
+    # Ctrl-C reaches every process of the terminal's group: a worker stops the run it is
+    # working on (the parent reports the interruption) but never dies with a traceback idle.
+    signal.signal(signal.SIGINT, _worker_sigint)
     if devices is not None:  # before anything in this process initialises CUDA
         os.environ["CUDA_VISIBLE_DEVICES"] = str(devices.get(timeout=60))
     logging.basicConfig(
@@ -557,6 +647,7 @@ def _init_worker(
         scorer=scorer,
         cache_root=cache_root,
         progress=False,
+        claim_timeout_s=claim_timeout_s,
     )
 
     def close() -> None:
@@ -567,9 +658,25 @@ def _init_worker(
     _WORKER._warm_up()
 
 
-def _run_in_worker(spec: RunSpec) -> str:
+_BUSY = False
+
+
+def _worker_sigint(_signum, _frame) -> None:
+    if _BUSY:
+        raise KeyboardInterrupt
+
+
+def _run_in_worker(spec: RunSpec):
+    """The run's outcome for ``_note_outcome`` (a claimed run is an outcome, not an error)."""
+    global _BUSY
     assert _WORKER is not None, "worker not initialised"
-    return _WORKER.run_one(spec)
+    _BUSY = True
+    try:
+        return _WORKER._attempt(spec)
+    except RunClaimedError as exc:
+        return ("claimed", exc.holder)
+    finally:
+        _BUSY = False
 
 
 class _NullBar:

@@ -10,16 +10,18 @@ Table names carry an ``s2d_`` prefix so they never collide with Optuna's.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, delete, event, select
+from sqlalchemy import create_engine, delete, event, select, update
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from s2d_align.errors import ConfigError
+from s2d_align.harness.ownership import Owner, is_stale
 from s2d_align.harness.records import (
     Base,
     Evaluation,
@@ -27,10 +29,14 @@ from s2d_align.harness.records import (
     Prediction,
     Reference,
     Run,
+    RunClaim,
     SampleScore,
     TestEvaluation,
     TrainLog,
+    now,
 )
+
+log = logging.getLogger(__name__)
 
 DB_FILENAME = "s2d.db"
 
@@ -67,12 +73,58 @@ class Store:
         self.engine: Engine = create_engine(url, **engine_kwargs(url))
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        Base.metadata.create_all(self.engine)
+        _create_tables(self.engine)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
 
     @classmethod
     def open(cls, storage: str | None, results_dir: str | Path) -> Store:
-        return cls(storage_url(storage, results_dir))
+        url = storage_url(storage, results_dir)
+        try:
+            return cls(url)
+        except Exception as exc:
+            error = store_error(url, exc)
+            if error is None:
+                raise
+            raise error from exc
+
+    @classmethod
+    def open_readonly(cls, storage: str | None, results_dir: str | Path) -> Store:
+        """Open an existing store for reading: nothing is created, migrated or written.
+
+        A missing file, a folder, a file that is not a database and a database without the
+        suite's tables are :class:`ConfigError`s naming the path."""
+        from sqlalchemy import inspect
+
+        url = storage_url(storage, results_dir)
+        engine_url = url
+        path = sqlite_path(url)
+        if path is not None:
+            if not path.exists():
+                blocker = file_in_the_way(path)
+                if blocker is not None:
+                    raise ConfigError(f"{blocker} is a file, not a results folder")
+                raise ConfigError(
+                    f"no results store at {path} (give --out or --storage of an existing store)"
+                )
+            if not path.is_file():
+                raise ConfigError(f"{path} is a directory, not a results store (an SQLite file)")
+            engine_url = f"sqlite:///file:{_uri_path(path)}?mode=ro&uri=true"
+        store = cls.__new__(cls)
+        store.url = url
+        try:
+            store.engine = create_engine(engine_url, **engine_kwargs(url))
+            tables = set(inspect(store.engine).get_table_names())
+        except Exception as exc:
+            error = store_error(url, exc)
+            if error is None:
+                raise
+            raise error from exc
+        if Run.__tablename__ not in tables:
+            store.engine.dispose()
+            where = path if path is not None else redact(url)
+            raise ConfigError(f"{where} is not an s2d-align results store (no s2d_runs table)")
+        store._session = sessionmaker(store.engine, expire_on_commit=False)
+        return store
 
     def session(self) -> Session:
         return self._session()
@@ -98,7 +150,16 @@ class Store:
             return list(s.scalars(select(Run.id).order_by(Run.created_at)))
 
     def create_run(self, **fields: Any) -> Run:
-        """Insert a run, or update the bookkeeping of an existing one (same id = same config)."""
+        """Insert a run, or update the bookkeeping of an existing one (same id = same config).
+
+        Two processes inserting the same new run at once: the loser's insert fails on the key
+        and it updates the row the winner wrote instead."""
+        try:
+            return self._create_run(fields)
+        except IntegrityError:
+            return self._create_run(fields)
+
+    def _create_run(self, fields: dict[str, Any]) -> Run:
         with self.session() as s, s.begin():
             run = s.get(Run, fields["id"])
             if run is None:
@@ -146,6 +207,79 @@ class Store:
                 s.execute(delete(table).where(table.run_id == run_id))
             s.execute(delete(TrainLog).where(TrainLog.run_id == run_id))
             s.execute(delete(Run).where(Run.id == run_id))
+            s.execute(delete(RunClaim).where(RunClaim.run_id == run_id))
+
+    # -- claims (who is working on a run; see harness.ownership) --------------------------------
+    def claim_run(self, run_id: str, owner: Owner, *, timeout_s: float) -> RunClaim | None:
+        """Claim ``run_id`` for ``owner`` atomically; None when this owner holds it now, else
+        the live holder's claim. A stale claim (``ownership.is_stale``) is taken over."""
+        held = None
+        for _ in range(5):
+            try:
+                with self.session() as s, s.begin():
+                    s.add(RunClaim(run_id=run_id, owner=owner.id, host=owner.host, pid=owner.pid))
+                return None
+            except IntegrityError:
+                pass  # claimed already: look at whom by
+            with self.session() as s:
+                held = s.get(RunClaim, run_id)
+            if held is None:
+                continue  # released in between: insert again
+            if held.owner == owner.id:
+                return None
+            if not is_stale(held.host, held.pid, held.heartbeat_at, timeout_s, now()):
+                return held
+            with self.session() as s, s.begin():  # only if nobody took it over meanwhile
+                taken = s.execute(
+                    update(RunClaim)
+                    .where(
+                        RunClaim.run_id == run_id,
+                        RunClaim.owner == held.owner,
+                        RunClaim.heartbeat_at == held.heartbeat_at,
+                    )
+                    .values(
+                        owner=owner.id,
+                        host=owner.host,
+                        pid=owner.pid,
+                        claimed_at=now(),
+                        heartbeat_at=now(),
+                    )
+                )
+            if taken.rowcount == 1:
+                log.warning("run %s: took over the stale claim of %s:%s", run_id, held.host,
+                            held.pid)  # fmt: skip
+                return None
+        return held
+
+    def claim(self, run_id: str) -> RunClaim | None:
+        with self.session() as s:
+            return s.get(RunClaim, run_id)
+
+    def heartbeat_claim(self, run_id: str, owner: Owner) -> bool:
+        """Refresh ``owner``'s claim; False when it no longer holds it."""
+        with self.session() as s, s.begin():
+            result = s.execute(
+                update(RunClaim)
+                .where(RunClaim.run_id == run_id, RunClaim.owner == owner.id)
+                .values(heartbeat_at=now())
+            )
+        return result.rowcount == 1
+
+    def release_claim(self, run_id: str, owner: Owner) -> None:
+        with self.session() as s, s.begin():
+            s.execute(delete(RunClaim).where(RunClaim.run_id == run_id, RunClaim.owner == owner.id))
+
+    def update_owned_run(self, run_id: str, owner: Owner, **fields: Any) -> bool:
+        """``update_run`` only while ``owner`` holds the run's claim (False, nothing written,
+        otherwise): a process that lost its claim never rewrites another one's status."""
+        with self.session() as s, s.begin():
+            held = s.get(RunClaim, run_id)
+            run = s.get(Run, run_id)
+            if held is None or held.owner != owner.id or run is None:
+                return False
+            for key, value in fields.items():
+                setattr(run, key, value)
+        return True
 
     # -- training ------------------------------------------------------------------------------
     def record_training(
@@ -443,7 +577,77 @@ class Store:
         return per_step, sum(evals) / len(evals)
 
 
+def _create_tables(engine: Engine) -> None:
+    """``create_all``, tolerating another process that creates the same tables at the moment."""
+    for attempt in range(3):
+        try:
+            Base.metadata.create_all(engine)
+            return
+        except OperationalError as exc:
+            if "already exists" not in str(exc) or attempt == 2:
+                raise
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a ``sqlite:///PATH`` URL; None for other databases and in-memory SQLite."""
+    if not url.startswith("sqlite:///") or url.startswith("sqlite:///:memory:"):
+        return None
+    return Path(url[len("sqlite:///") :].split("?", 1)[0])
+
+
+def file_in_the_way(path: Path) -> Path | None:
+    """The nearest ancestor of ``path`` that exists, when it is not a folder."""
+    for parent in path.parents:
+        if parent.exists():
+            return None if parent.is_dir() else parent
+    return None
+
+
+def _uri_path(path: Path) -> str:
+    from urllib.parse import quote
+
+    return quote(str(path.resolve()))
+
+
+def redact(url: str) -> str:
+    """A URL fit for a message: the password hidden."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # an unparsable URL is shown as given
+        return url
+
+
+def store_error(url: str, exc: BaseException) -> ConfigError | None:
+    """A one-line :class:`ConfigError` for a store that cannot be opened, or None when ``exc``
+    is not about the store (a bug, re-raised as is)."""
+    from sqlalchemy.exc import ArgumentError, DatabaseError
+
+    path = sqlite_path(url)
+    where = str(path) if path is not None else redact(url)
+    if isinstance(exc, ImportError):
+        return ConfigError(f"results store {where}: its database driver is not installed ({exc})")
+    if isinstance(exc, ArgumentError):
+        return ConfigError(f"results store {where}: not a usable database URL ({exc})")
+    if isinstance(exc, OSError):
+        blocker = file_in_the_way(path) if path is not None else None
+        if blocker is not None:
+            return ConfigError(f"results store {where}: {blocker} is a file, not a folder")
+        return ConfigError(
+            f"results store {where}: cannot create its folder: {exc.strerror}: {exc.filename}"
+        )
+    if isinstance(exc, DatabaseError):
+        reason = " ".join(str(exc.orig if exc.orig is not None else exc).split())
+        if path is not None and "not a database" in reason:
+            return ConfigError(f"{path} is not an SQLite database ({reason})")
+        if path is not None and "unable to open" in reason:
+            reason += f" (is {path.parent} a writable folder?)"
+        return ConfigError(f"results store {where}: {reason}")
+    return None

@@ -81,6 +81,13 @@ def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
 
 def iter_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
     """Yield JSON objects, one per non-empty line; a bad line names the file and line number."""
+    for _, obj in iter_jsonl_lines(path):
+        yield obj
+
+
+def iter_jsonl_lines(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, object)`` for each non-empty line, so callers can name the line of a bad
+    value; any line that is not a JSON object raises DataError naming the file and line."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"file not found: {path}")
@@ -99,11 +106,15 @@ def iter_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise DataError(f"{path}:{lineno}: malformed JSON: {exc.msg}") from None
+            except ValueError as exc:  # e.g. an integer longer than Python will parse
+                raise DataError(f"{path}:{lineno}: unreadable JSON: {exc}") from None
+            except RecursionError:
+                raise DataError(f"{path}:{lineno}: JSON nested too deeply") from None
             if not isinstance(obj, dict):
                 raise DataError(
                     f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}"
                 )
-            yield obj
+            yield lineno, obj
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:

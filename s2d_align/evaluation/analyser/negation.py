@@ -16,7 +16,10 @@ effusion, or pneumothorax" negates all three.
 from __future__ import annotations
 
 import bisect
+import itertools
 import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -271,43 +274,116 @@ def _is_terminator(tokens: SentenceTokens, i: int) -> bool:
     return i + 1 < len(tokens.words) and (word, tokens.words[i + 1]) in TERMINATOR_BIGRAMS
 
 
-def _gap_in_scope(
-    tokens: SentenceTokens,
-    start: int,
-    end: int,
-    masked: list[tuple[int, int]],
-    window: int,
-    forward: bool,
-    strict_verbs: bool = False,
-) -> bool:
-    """Whether the text between a cue and a mention (``[start, end)``) keeps them in one scope."""
-    idx = tokens.between(start, end)
-    verb_seen = False
-    content = 0
-    for i in idx:
-        word = tokens.words[i]
-        s = tokens.starts[i]
-        if any(a <= s < b for a, b in masked):
-            continue  # inside another mention
-        if _is_terminator(tokens, i):
+#: Widest scope of any cue (content words); a gap holding more ends every scope that spans it.
+MAX_WINDOW: Final = max(rule.window for rule in CUE_RULES)
+
+
+class SpanCover:
+    """Which tokens start inside one of a set of spans (mentions), in O(1) per token.
+
+    Built once per sentence, so that scope checks need not scan every other mention for every
+    token (that made the analyser cubic in sentence length on run-on text).
+    """
+
+    def __init__(self, tokens: SentenceTokens, spans: Iterable[tuple[int, int]]) -> None:
+        starts = tokens.starts
+        diff = [0] * (len(starts) + 1)
+        self._spans = Counter(spans)
+        for (a, b), n in self._spans.items():
+            lo, hi = bisect.bisect_left(starts, a), bisect.bisect_left(starts, b)
+            if lo < hi:
+                diff[lo] += n
+                diff[hi] -= n
+        self._count = list(itertools.accumulate(diff))
+        self._starts = starts
+        #: per token: inside no span at all
+        self.free = [c == 0 for c in self._count[: len(starts)]]
+
+    def covered(self, i: int, exclude: tuple[int, int] | None = None) -> bool:
+        """Whether token ``i`` starts inside a span, not counting spans equal to ``exclude``."""
+        count = self._count[i]
+        if count and exclude is not None and exclude[0] <= self._starts[i] < exclude[1]:
+            count -= self._spans.get(exclude, 0)
+        return count > 0
+
+
+def _prefix(flags: Iterable[bool]) -> list[int]:
+    return [0, *itertools.accumulate(flags)]
+
+
+class ScopeIndex:
+    """Prefix counts over the tokens of one sentence that answer "does this gap keep a cue and a
+    mention in one scope?" in O(log n), and the sentence's cues in text order.
+
+    Tokens inside a mention (``spans``) are skipped, as the scope rules say. A gap is read as one
+    left-to-right pass would read it: it breaks at a terminator, at "," or "and" after a verb, at
+    a clause-opening "and"/"," (looking forward), at any verb or comma for strict cues, and once
+    its content words exceed the cue's window.
+    """
+
+    def __init__(
+        self, tokens: SentenceTokens, spans: Iterable[tuple[int, int]], cues: Sequence[Cue] = ()
+    ) -> None:
+        self.tokens = tokens
+        self.cues = list(cues)
+        self.cue_starts = [c.start for c in self.cues]
+        self.cue_ends = [c.end for c in self.cues]
+        cover = SpanCover(tokens, spans)
+        words = tokens.words
+        free = cover.free
+        nexts = [*words[1:], ""]
+        bigram = [(w, x) in TERMINATOR_BIGRAMS for w, x in zip(words, nexts, strict=True)]
+        # One flag list per rule, prefix-summed; a gap [lo, hi) holds prefix[hi] - prefix[lo].
+        self._term = _prefix(
+            f and (w in TERMINATORS or b) for f, w, b in zip(free, words, bigram, strict=True)
+        )
+        self._verb = _prefix(f and w in VERBS for f, w in zip(free, words, strict=True))
+        self._comma = _prefix(f and w == "," for f, w in zip(free, words, strict=True))
+        self._fwd = _prefix(
+            f and ((w == "and" and x in AND_STARTERS) or (w == "," and x in COMMA_STARTERS))
+            for f, w, x in zip(free, words, nexts, strict=True)
+        )
+        self._content = _prefix(
+            f and w not in _LIST_WORDS and not (len(w) == 1 and not w.isalnum())
+            for f, w in zip(free, words, strict=True)
+        )
+        self._verbs = [
+            i for i, (f, w) in enumerate(zip(free, words, strict=True)) if f and w in VERBS
+        ]
+        self._clauses = [
+            i for i, (f, w) in enumerate(zip(free, words, strict=True)) if f and w in {",", "and"}
+        ]
+
+    def _hard_break(self, lo: int, hi: int, forward: bool) -> bool:
+        if self._term[hi] > self._term[lo] or (forward and self._fwd[hi] > self._fwd[lo]):
+            return True
+        # "," or "and" after a verb, both inside the gap
+        k = bisect.bisect_left(self._verbs, lo)
+        if k == len(self._verbs) or self._verbs[k] >= hi:
             return False
-        nxt = tokens.words[i + 1] if i + 1 < len(tokens.words) else ""
-        if word in VERBS:
-            if strict_verbs:
-                return False
-            verb_seen = True
-        elif word in {",", "and"}:
-            if verb_seen or (strict_verbs and word == ","):
-                return False
-            if forward and word == "and" and nxt in AND_STARTERS:
-                return False
-            if forward and word == "," and nxt in COMMA_STARTERS:
-                return False
-        if word not in _LIST_WORDS and not (len(word) == 1 and not word.isalnum()):
-            content += 1
-            if content > window:
-                return False
-    return True
+        c = bisect.bisect_left(self._clauses, hi) - 1
+        return c >= 0 and self._clauses[c] > self._verbs[k]
+
+    def in_scope(self, gap: range, window: int, forward: bool, strict_verbs: bool = False) -> bool:
+        """Whether the tokens ``gap`` (between a cue and a mention) keep them in one scope."""
+        lo, hi = gap.start, gap.stop
+        if hi <= lo:
+            return True
+        if self._hard_break(lo, hi, forward):
+            return False
+        if strict_verbs and (self._verb[hi] > self._verb[lo] or self._comma[hi] > self._comma[lo]):
+            return False
+        return self._content[hi] - self._content[lo] <= window
+
+    def closed(self, gap: range, forward: bool) -> bool:
+        """Whether no cue of any rule reaches across ``gap``; then none reaches across a wider gap
+        either, so a nearest-first search can stop."""
+        lo, hi = gap.start, gap.stop
+        if hi <= lo:
+            return False
+        return (
+            self._hard_break(lo, hi, forward) or self._content[hi] - self._content[lo] > MAX_WINDOW
+        )
 
 
 def cue_status(
@@ -316,56 +392,101 @@ def cue_status(
     cues: list[Cue],
     mention_spans: list[tuple[int, int]],
     _depth: int = 0,
+    *,
+    scope: ScopeIndex | None = None,
 ) -> tuple[int, Cue | None]:
-    """Status of the mention at ``span``: 1 positive, 0 negative, -1 uncertain, and the cue."""
+    """Status of the mention at ``span``: 1 positive, 0 negative, -1 uncertain, and the cue.
+
+    Words inside ``mention_spans`` do not count towards a scope. Pass ``scope`` (built from the
+    same tokens, spans and cues) when asking for many mentions of one sentence.
+    """
+    if scope is None:
+        scope = ScopeIndex(tokens, mention_spans, cues)
+    return _cue_status(scope, span, frozenset(), _depth)
+
+
+def _cue_status(
+    scope: ScopeIndex, span: tuple[int, int], exclude: frozenset[int], depth: int
+) -> tuple[int, Cue | None]:
+    # The nearest cue whose scope reaches the mention wins (a cue before it on a tie). Cues are
+    # tried nearest first and the search stops once a gap closes every scope, so a long run-on
+    # sentence costs a few look-ups per mention, not one per cue.
+    tokens, cues = scope.tokens, scope.cues
     start, end = span
-    others = [s for s in mention_spans if s != span]
-    best: tuple[int, Cue] | None = None  # (distance, cue)
-    for cue in cues:
+    before: tuple[int, Cue] | None = None
+    k = bisect.bisect_right(scope.cue_ends, start) - 1
+    while k >= 0:
+        cue = cues[k]
+        k -= 1
+        gap = tokens.between(cue.end, start)
         rule = cue.rule
-        if rule.kind == "pseudo":
-            continue
-        if cue.end <= start and rule.direction in ("pre", "both"):
-            if _gap_in_scope(tokens, cue.end, start, others, rule.window, forward=True):
-                dist = start - cue.end
-                if best is None or dist < best[0]:
-                    best = (dist, cue)
-        elif cue.start >= end and rule.direction in ("post", "both"):
-            strict = rule.direction == "both" or rule.window <= 2
-            if _gap_in_scope(
-                tokens, end, cue.start, others, rule.window, forward=False, strict_verbs=strict
-            ):
-                dist = cue.start - end
-                if best is None or dist < best[0]:
-                    best = (dist, cue)
-    if best is None:
+        if (
+            id(cue) not in exclude
+            and rule.kind != "pseudo"
+            and rule.direction in ("pre", "both")
+            and scope.in_scope(gap, rule.window, forward=True)
+        ):
+            before = (start - cue.end, cue)
+            break
+        if scope.closed(gap, forward=True):
+            break
+    after: tuple[int, Cue] | None = None
+    k = bisect.bisect_left(scope.cue_starts, end)
+    while k < len(cues):
+        cue = cues[k]
+        k += 1
+        gap = tokens.between(end, cue.start)
+        rule = cue.rule
+        strict = rule.direction == "both" or rule.window <= 2
+        if (
+            id(cue) not in exclude
+            and rule.kind != "pseudo"
+            and rule.direction in ("post", "both")
+            and scope.in_scope(gap, rule.window, forward=False, strict_verbs=strict)
+        ):
+            after = (cue.start - end, cue)
+            break
+        if scope.closed(gap, forward=False):
+            break
+    if before is not None and (after is None or before[0] <= after[0]):
+        cue = before[1]
+    elif after is not None:
+        cue = after[1]
+    else:
         return 1, None
-    cue = best[1]
     if cue.rule.kind == "uncertain" and cue.end <= start:
         # "no suspicious nodules", "no effusion or suspicious nodules": "suspicious" qualifies the
         # noun inside a negation; it does not hedge it. Other hedges do need the negation right
         # before them ("no possible ..."), so that "no effusion, possible nodule" stays uncertain.
-        for other in cues:
-            if (
-                other.rule.kind != "negative"
-                or other.rule.direction != "pre"
-                or other.end > cue.start
-            ):
-                continue
+        # The first such negation in text order wins: walk back, keep the farthest found.
+        suspicious = cue.text == "suspicious"
+        found: Cue | None = None
+        k = bisect.bisect_right(scope.cue_ends, cue.start) - 1
+        while k >= 0:
+            other = cues[k]
+            k -= 1
             adjacent = len(tokens.between(other.end, cue.start)) == 0
-            qualifier = cue.text == "suspicious" and _gap_in_scope(
-                tokens, other.end, start, others, other.rule.window, forward=True
-            )
-            if adjacent or qualifier:
-                return 0, other
+            reach = tokens.between(other.end, start)
+            if (
+                id(other) not in exclude
+                and other.rule.kind == "negative"
+                and other.rule.direction == "pre"
+                and (
+                    adjacent
+                    or (suspicious and scope.in_scope(reach, other.rule.window, forward=True))
+                )
+            ):
+                found = other
+            if not adjacent and (not suspicious or scope.closed(reach, forward=True)):
+                break
+        if found is not None:
+            return 0, found
     if cue.rule.kind == "negative":
         return 0, cue
     if cue.rule.kind == "uncertain":
         return -1, cue
     # inherit: "no focal opacity to suggest pneumonia" -> as the cue before it says, else uncertain
-    if _depth > 2:
+    if depth > 2:
         return -1, cue
-    status, _ = cue_status(
-        tokens, (cue.start, cue.end), [c for c in cues if c is not cue], mention_spans, _depth + 1
-    )
+    status, _ = _cue_status(scope, (cue.start, cue.end), exclude | {id(cue)}, depth + 1)
     return (0, cue) if status == 0 else (-1, cue)

@@ -74,19 +74,29 @@ def split_sentences(text: str) -> list[str]:
     for match in _SENTENCE_END_RE.finditer(text):
         end = match.end()
         if match.group() == "\n":  # one finding per line: a line break before a capital
-            before = text[start : match.start()].rstrip()
-            last = before.rsplit(None, 1)[-1].lower() if before else ""
+            last = _last_word(text, start, match.start()).lower()
             if not last or last.endswith(",") or last in _CONTINUING_WORDS:
                 continue
         elif match.group().startswith("."):
-            before = text[start : match.start()].rsplit(None, 1)
-            last_word = before[-1].lower().rstrip(".") if before else ""
+            last_word = _last_word(text, start, match.start()).lower().rstrip(".")
             if last_word in _ABBREVIATIONS:
                 continue
         _append(sentences, text[start:end])
         start = end
     _append(sentences, text[start:])
     return sentences
+
+
+def _last_word(text: str, start: int, end: int) -> str:
+    """``text[start:end].split()[-1]`` (or ""), reading back from ``end`` only: slicing from
+    ``start`` made a long sentence full of "no." or line breaks quadratic."""
+    i = end
+    while i > start and text[i - 1].isspace():
+        i -= 1
+    j = i
+    while j > start and not text[j - 1].isspace():
+        j -= 1
+    return text[j:i]
 
 
 def _append(sentences: list[str], piece: str) -> None:

@@ -16,7 +16,12 @@ import pandas as pd
 
 from s2d_align.harness.references import load_reference_rows
 from s2d_align.harness.reports import diagnostics, figures, qualitative, tables
-from s2d_align.harness.reports.data import PresetResults, load_preset, presets_in
+from s2d_align.harness.reports.data import (
+    PresetResults,
+    load_preset,
+    mixed_config_notes,
+    presets_in,
+)
 from s2d_align.harness.reports.sweeps import sweep_reports
 from s2d_align.harness.store import Store
 from s2d_align.harness.variants import REFERENCE_VARIANT
@@ -75,6 +80,7 @@ def preset_report(store: Store, preset: str, out_dir: Path, split: str = "test")
     fig_dir = base / "figures"
     ref_rows = load_reference_rows(store, preset, split, results.manifest_hashes.get(split, []))
     table = tables.ablation_table(store, results, split=split, references=ref_rows)
+    table.footnotes += mixed_config_notes(results)  # a row averaging unlike runs says so
     # figures draw the reference rows too, set apart from the variants
     metrics = results.metrics
     if not ref_rows.metrics.empty:
@@ -118,8 +124,16 @@ def preset_report(store: Store, preset: str, out_dir: Path, split: str = "test")
     return written
 
 
+def _on_disk(out_dir: Path) -> list[Path]:
+    """Tables and figures already under ``out_dir`` (presets another store wrote keep their
+    index entries when this store does not hold them)."""
+    patterns = ("*/*.md", "*/figures/*.png", "sweeps/*/*.png")
+    return [p for pattern in patterns for p in out_dir.glob(pattern) if p.is_file()]
+
+
 def _index(out_dir: Path, written: list[Path]) -> Path:
     lines = ["# S2D-Align results", "", "Rebuilt by `s2d-align report` from the results store.", ""]
+    written = sorted({*written, *_on_disk(out_dir)})
     for path in sorted(written):
         rel = path.relative_to(out_dir)
         if path.suffix == ".md":

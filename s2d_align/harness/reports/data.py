@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import pandas as pd
 
@@ -24,6 +27,9 @@ class PresetResults:
     headline: str  # the CE headline metric name ScoreReport named
     manifest_hashes: dict[str, list[str]]
     datasets: tuple[str, ...] = ()  # data.dataset of the runs (selects the CE caveats)
+    # variant -> {seed-free config hash: seeds} for variants whose seeds ran different configs
+    mixed_configs: dict[str, dict[str, list[int]]] = field(default_factory=dict)
+    mixed_keys: dict[str, list[str]] = field(default_factory=dict)  # variant -> differing keys
 
     @property
     def variants(self) -> list[str]:
@@ -56,6 +62,63 @@ def order_variants(names: Sequence[str]) -> list[str]:
 
 def presets_in(store: Store, purpose: str = "ablate") -> list[str]:
     return sorted({r.preset for r in store.runs(status="complete", purpose=purpose)})
+
+
+def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(_flat(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: json.dumps(data, sort_keys=True, default=str)}
+
+
+def setting_hash(config: dict[str, Any]) -> str:
+    """Hash of a run's config without its seed: the seeds of one table row should share it."""
+    blob = json.dumps(
+        {k: v for k, v in config.items() if k != "seed"},
+        sort_keys=True,
+        separators=(",", ":"),
+        default=str,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _mixed_configs(runs: list[Run]) -> tuple[dict[str, dict[str, list[int]]], dict[str, list]]:
+    """Variants whose runs differ in more than the seed, with the config keys that differ."""
+    by_variant: dict[str, list[Run]] = {}
+    for run in runs:
+        by_variant.setdefault(run.variant, []).append(run)
+    mixes: dict[str, dict[str, list[int]]] = {}
+    keys: dict[str, list[str]] = {}
+    for variant, group in by_variant.items():
+        hashes: dict[str, list[int]] = {}
+        for run in group:
+            hashes.setdefault(setting_hash(run.config or {}), []).append(int(run.seed))
+        if len(hashes) < 2:
+            continue
+        mixes[variant] = {h: sorted(seeds) for h, seeds in hashes.items()}
+        flats = [_flat({k: v for k, v in (r.config or {}).items() if k != "seed"}) for r in group]
+        names = set().union(*flats)
+        keys[variant] = sorted(n for n in names if len({f.get(n) for f in flats}) > 1)
+    return mixes, keys
+
+
+def mixed_config_notes(results: PresetResults) -> list[str]:
+    """Table footnotes flagging rows that average runs of different configs."""
+    notes = []
+    for variant, hashes in sorted(results.mixed_configs.items()):
+        groups = "; ".join(
+            f"`{h}`: seed(s) {', '.join(map(str, seeds))}" for h, seeds in sorted(hashes.items())
+        )
+        differ = results.mixed_keys.get(variant) or []
+        shown = ", ".join(differ[:6]) + (" ..." if len(differ) > 6 else "")
+        notes.append(
+            f"WARNING: variant `{variant}` mixes runs of {len(hashes)} different configs "
+            f"(config hash without the seed: {groups}; they differ in {shown or 'unknown keys'}); "
+            "its row averages unlike runs."
+        )
+    return notes
 
 
 def _latest_per_cell(runs: list[Run]) -> list[Run]:
@@ -98,6 +161,7 @@ def load_preset(store: Store, preset: str, purpose: str = "ablate") -> PresetRes
             "ci_low", "ci_high", "higher_is_better",
         ],
     )  # fmt: skip
+    mixes, mixed_keys = _mixed_configs(runs)
     signatures: dict[str, set[str]] = {}
     manifests: dict[str, set[str]] = {}
     headlines: list[str] = []
@@ -114,4 +178,6 @@ def load_preset(store: Store, preset: str, purpose: str = "ablate") -> PresetRes
         headline=max(set(headlines), key=headlines.count) if headlines else "",
         manifest_hashes={k: sorted(v) for k, v in manifests.items()},
         datasets=tuple(sorted({str(r.config.get("data", {}).get("dataset")) for r in runs})),
+        mixed_configs=mixes,
+        mixed_keys=mixed_keys,
     )
