@@ -27,12 +27,31 @@ def _store(args: argparse.Namespace):
     return Store.open_readonly(args.storage, args.out)  # reading never creates or changes it
 
 
+def _iso(value) -> str | None:
+    return value.isoformat(timespec="seconds") if value is not None else None
+
+
+def _run_json(r) -> dict:
+    """A run as plain JSON types (``--json``)."""
+    return {
+        "run_id": r.id, "variant": r.variant, "variant_version": r.variant_version,
+        "preset": r.preset, "seed": r.seed, "purpose": r.purpose, "status": r.status,
+        "config_hash": r.config_hash, "git_sha": r.git_sha, "run_dir": r.run_dir,
+        "steps": r.steps, "tokens_seen": r.tokens_seen, "train_wall_s": r.train_wall_s,
+        "generate_wall_s": r.generate_wall_s, "score_wall_s": r.score_wall_s, "error": r.error,
+        "created_at": _iso(r.created_at), "finished_at": _iso(r.finished_at),
+    }  # fmt: skip
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     store = _store(args)
     try:
         runs = store.runs(preset=args.preset, status=args.status, purpose=args.purpose)
     finally:
         store.close()
+    if args.json:
+        print(json.dumps([_run_json(r) for r in runs], indent=2))
+        return 0
     table = Table(title=f"{len(runs)} run(s) in {store.url}")
     for col in (
         "run",
@@ -66,6 +85,24 @@ def cmd_show(args: argparse.Namespace) -> int:
         tests = store.test_evaluations(run.id)
     finally:
         store.close()
+    if args.json:
+        doc = _run_json(run) | {"config": run.config, "environment": run.environment or {}}
+        doc["evaluations"] = [
+            {
+                "split": ev.split, "n_samples": ev.n_samples, "signature": ev.signature,
+                "headline": ev.headline, "manifest_hash": ev.manifest_hash,
+                "metrics": {
+                    name: {"value": m.value, "ci_low": m.ci_low, "ci_high": m.ci_high,
+                           "higher_is_better": m.higher_is_better}
+                    for name, m in metrics[ev.split].items()
+                    if args.all or not name.startswith("ce_f1/")
+                },
+            }
+            for ev in evals
+        ]  # fmt: skip
+        doc["test_evaluations"] = len(tests)
+        print(json.dumps(doc, indent=2, default=str))
+        return 0
     out = console()
     out.print(
         f"[bold]{run.id}[/]  variant {run.variant} v{run.variant_version}, preset {run.preset}, "
@@ -131,6 +168,26 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from s2d_align.harness import export
+    from s2d_align.harness.store import Store, sqlite_path, storage_url
+    from s2d_align.utils.io import check_output_path
+
+    db = sqlite_path(storage_url(args.storage, args.results))
+    check_output_path(args.out, {"--results/--storage": db})
+    export.check_format(args.format)  # a missing pyarrow fails before any reading
+    store = Store.open_readonly(args.storage, args.results)
+    try:
+        run_ids = [store.require_run(r).id for r in args.run] if args.run else None
+        build = export.sample_frame if args.per_sample else export.metric_frame
+        frame = build(store, run_ids)
+    finally:
+        store.close()
+    path = export.write_frame(frame, args.out, args.format)
+    print(f"wrote {len(frame)} row(s) to {path}", file=sys.stderr)
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("results", help="list, show and compare runs in the results store")
     group = parser.add_subparsers(dest="results_command", metavar="RESULTS_COMMAND", required=True)
@@ -144,12 +201,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset")
     p.add_argument("--status")
     p.add_argument("--purpose", choices=["ablate", "sweep", "regress"])
+    p.add_argument("--json", action="store_true", help="print the runs as a JSON list")
     p.set_defaults(handler=cmd_list)
 
     p = group.add_parser("show", help="one run: provenance, metrics with CIs, signatures")
     common(p)
     p.add_argument("run")
     p.add_argument("--all", action="store_true", help="include per-observation CE F1")
+    p.add_argument("--json", action="store_true", help="print the run and its metrics as JSON")
     p.set_defaults(handler=cmd_show)
 
     p = group.add_parser("compare", help="two runs side by side with paired tests")
@@ -160,3 +219,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resamples", type=int, default=10_000)
     p.add_argument("--all", action="store_true", help="include per-observation CE F1")
     p.set_defaults(handler=cmd_compare)
+
+    p = group.add_parser(
+        "export", help="metrics (or per-sample scores) as a CSV, Parquet or JSONL file"
+    )
+    p.add_argument("--results", default="results", help="results directory (default: %(default)s)")
+    p.add_argument("--storage", help="database URL (default: sqlite:///RESULTS/s2d.db)")
+    p.add_argument("--out", required=True, help="output file")
+    p.add_argument("--format", required=True, choices=["csv", "parquet", "jsonl"])
+    p.add_argument(
+        "--per-sample", action="store_true", help="one row per sample score, not per metric"
+    )
+    p.add_argument("--run", action="append", default=[], help="export only this run (repeatable)")
+    p.set_defaults(handler=cmd_export)
