@@ -203,3 +203,21 @@ class FakeScorer:
             prediction_labels={i: fake_labels(t) for i, t in predictions.items()},
             reference_labels={i: fake_labels(t) for i, t in refs.reports.items()},
         )
+
+
+def small_results_store(tmp_path: Path) -> tuple[Path, list[str]]:
+    """A results folder holding a finished fake grid (sft and s2d, seed 0, 4 steps) and its
+    run ids: what the CLI tests of stored results read."""
+    from s2d_align.harness.runner import Runner, plan_grid
+    from s2d_align.harness.store import Store
+    from s2d_align.harness.variants import load_variants
+
+    preset = tmp_path / "tiny.yaml"
+    preset.write_text("name: tiny\ntrain: {total_steps: 4}\n")
+    out = tmp_path / "results"
+    store = Store.open(None, out)
+    runner = Runner(store, out, run_fn=fake_run_fn, scorer=FakeScorer(), progress=False)
+    specs = plan_grid(preset, load_variants(["sft", "s2d"]), [0])
+    assert runner.run_grid(specs).ok
+    store.close()
+    return out, [s.run_id for s in specs]

@@ -9,22 +9,12 @@ import harness_fakes as fakes
 import pytest
 
 from s2d_align.cli.main import main
-from s2d_align.harness.runner import Runner, plan_grid
 from s2d_align.harness.store import Store
-from s2d_align.harness.variants import load_variants
 
 
 @pytest.fixture
 def results(tmp_path: Path) -> tuple[Path, list[str]]:
-    preset = tmp_path / "tiny.yaml"
-    preset.write_text("name: tiny\ntrain: {total_steps: 4}\n")
-    out = tmp_path / "results"
-    store = Store.open(None, out)
-    runner = Runner(store, out, run_fn=fakes.fake_run_fn, scorer=fakes.FakeScorer(), progress=False)
-    specs = plan_grid(preset, load_variants(["sft", "s2d"]), [0])
-    assert runner.run_grid(specs).ok
-    store.close()
-    return out, [s.run_id for s in specs]
+    return fakes.small_results_store(tmp_path)
 
 
 def test_results_list_show_and_compare(results, capsys):
