@@ -83,8 +83,8 @@ def test_a_mistyped_store_path_is_refused_and_nothing_is_created(tmp_path, capsy
     before = tree(tmp_path)
     typo = str(tmp_path / "resluts")
     argv = {
-        "results": ["results", "list", "--out", typo],
-        "report": ["report", "--results", typo, "--out", str(reports)],
+        "results": ["results", "list", "--results", typo],
+        "report": ["report", "--results", typo, "--reports", str(reports)],
     }[command]
     assert main(argv) == 2
     one_error(capsys, "no results store", str(tmp_path / "resluts"))
@@ -94,7 +94,7 @@ def test_a_mistyped_store_path_is_refused_and_nothing_is_created(tmp_path, capsy
 
 def test_results_list_reads_a_store_without_changing_it(results, capsys):
     before = tree(results)
-    assert main(["results", "list", "--out", str(results)]) == 0
+    assert main(["results", "list", "--results", str(results)]) == 0
     assert "2 run(s)" in capsys.readouterr().out
     assert tree(results) == before
 
@@ -102,7 +102,7 @@ def test_results_list_reads_a_store_without_changing_it(results, capsys):
 def test_ablate_dry_run_creates_no_folder(tmp_path, capsys):
     out = tmp_path / "fresh"
     code = main(["ablate", "--preset", "smoke", "--variants", "sft", "--seeds", "0",
-                 "--out", str(out), "--dry-run"])  # fmt: skip
+                 "--results", str(out), "--dry-run"])  # fmt: skip
     assert code == 0 and "1 run(s) to do" in capsys.readouterr().out
     assert not out.exists()
 
@@ -110,7 +110,7 @@ def test_ablate_dry_run_creates_no_folder(tmp_path, capsys):
 def test_ablate_dry_run_on_an_existing_store_changes_nothing(results, capsys):
     before = tree(results)
     code = main(["ablate", "--preset", str(results.parent / "tiny.yaml"), "--variants", "sft,s2d",
-                 "--seeds", "0", "--out", str(results), "--dry-run"])  # fmt: skip
+                 "--seeds", "0", "--results", str(results), "--dry-run"])  # fmt: skip
     assert code == 0 and "0 run(s) to do" in capsys.readouterr().out
     assert tree(results) == before
 
@@ -121,10 +121,10 @@ def test_ablate_reports_go_beside_a_custom_store(monkeypatch, tmp_path):
 
     parse = build_parser().parse_args
     assert reports_dir(parse(["ablate"])) == DEFAULT_REPORTS
-    assert reports_dir(parse(["ablate", "--out", str(tmp_path)])) == str(tmp_path / "reports")
+    assert reports_dir(parse(["ablate", "--results", str(tmp_path)])) == str(tmp_path / "reports")
     custom = parse(["ablate", "--storage", "sqlite:///x.db"])
     assert reports_dir(custom) == str(Path("results") / "reports")
-    assert reports_dir(parse(["ablate", "--out", "o", "--reports", "r"])) == "r"
+    assert reports_dir(parse(["ablate", "--results", "o", "--reports", "r"])) == "r"
 
 
 # -- stores that cannot be opened -----------------------------------------------------------
@@ -165,7 +165,7 @@ def test_out_that_is_a_file(tmp_path, capsys):
     blocker.write_text("keep me\n")
     digest = sha(blocker)
     code = main(["ablate", "--preset", "smoke", "--variants", "sft", "--seeds", "0",
-                 "--out", str(blocker), "--no-progress"])  # fmt: skip
+                 "--results", str(blocker), "--no-progress"])  # fmt: skip
     assert code == 2
     one_error(capsys, str(blocker), "is a file")
     assert sha(blocker) == digest
@@ -178,7 +178,7 @@ def test_a_read_only_store_folder(tmp_path, capsys):
     folder.chmod(0o555)
     try:
         code = main(["ablate", "--preset", "smoke", "--variants", "sft", "--seeds", "0",
-                     "--out", str(folder), "--no-progress"])  # fmt: skip
+                     "--results", str(folder), "--no-progress"])  # fmt: skip
     finally:
         folder.chmod(0o755)
     assert code == 2
@@ -194,7 +194,7 @@ def test_a_full_disk_while_writing_reports(results, tmp_path, monkeypatch, capsy
 
     monkeypatch.setattr(io.os, "replace", full)
     reports = tmp_path / "rep"
-    assert main(["report", "--results", str(results), "--out", str(reports)]) == 2
+    assert main(["report", "--results", str(results), "--reports", str(reports)]) == 2
     one_error(capsys, "No space left on device", str(reports))
     assert not [p for p in reports.rglob("*") if p.is_file()]  # no half-written file left
 
@@ -211,14 +211,14 @@ def test_debug_shows_the_traceback(tmp_path, capsys):
 # -- config and data ------------------------------------------------------------------------
 def test_a_negative_learning_rate_is_a_config_error(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["train", "--preset", "smoke", "--out", str(out), "train.lr=-1"]) == 2
+    assert main(["train", "--preset", "smoke", "--run", str(out), "train.lr=-1"]) == 2
     one_error(capsys, "train.lr", "-1")
     assert not out.exists()
 
 
 def test_overrides_on_both_sides_of_an_option(tmp_path, capsys):
     out = tmp_path / "run"
-    code = main(["train", "--preset", "smoke", "train.total_steps=3", "--out", str(out),
+    code = main(["train", "--preset", "smoke", "train.total_steps=3", "--run", str(out),
                  "train.lr=-1"])  # fmt: skip
     assert code == 2  # the second override was read (not "unrecognized arguments")
     one_error(capsys, "train.lr")
@@ -228,7 +228,7 @@ def test_overrides_on_both_sides_of_an_option(tmp_path, capsys):
 def test_a_directory_given_as_a_preset_file(tmp_path, capsys):
     folder = tmp_path / "preset.yaml"
     folder.mkdir()
-    assert main(["train", "--preset", str(folder), "--out", str(tmp_path / "run")]) == 2
+    assert main(["train", "--preset", str(folder), "--run", str(tmp_path / "run")]) == 2
     one_error(capsys, str(folder), "is a directory")
 
 
@@ -303,7 +303,7 @@ def test_a_row_mixing_configs_is_flagged(tmp_path):
     assert "variant `sft` mixes runs of 2 different configs" in notes[0]
     assert "train.total_steps" in notes[0] and "seed(s) 1, 2" in notes[0]
     reports = tmp_path / "rep"
-    assert main(["report", "--results", str(tmp_path / "results"), "--out", str(reports)]) == 0
+    assert main(["report", "--results", str(tmp_path / "results"), "--reports", str(reports)]) == 0
     table = (reports / "tiny" / "ablation.md").read_text()
     assert "WARNING: variant `sft` mixes runs of 2 different configs" in table
 
@@ -315,9 +315,26 @@ def test_report_keeps_the_index_entries_of_presets_its_store_lacks(results, tmp_
     other.write_text("| variant | BLEU-4 |\n")
     digest = sha(other)
     store_before = tree(results)
-    assert main(["report", "--results", str(results), "--out", str(reports)]) == 0
+    assert main(["report", "--results", str(results), "--reports", str(reports)]) == 0
     index = (reports / "index.md").read_text()
     assert "[other/ablation.md](other/ablation.md)" in index  # another store's preset kept
     assert "[tiny/ablation.md](tiny/ablation.md)" in index
     assert sha(other) == digest
     assert tree(results) == store_before  # the store is only read
+
+
+def test_a_tracker_alone_does_not_split_a_row():
+    """``train.report_to`` only watches a run: seeds that differ in it (or a config stored
+    before the field existed) share one row, and one run id."""
+    from s2d_align.config import config_hash, load_config, to_dict
+    from s2d_align.harness.reports.data import setting_hash
+
+    cfg = to_dict(load_config("smoke"))
+    watched = {**cfg, "train": {**cfg["train"], "report_to": ["tensorboard"]}}
+    older = {**cfg, "train": {k: v for k, v in cfg["train"].items() if k != "report_to"}}
+    assert setting_hash(cfg) == setting_hash(watched) == setting_hash(older)
+    changed = {**cfg, "train": {**cfg["train"], "lr": cfg["train"]["lr"] * 2}}
+    assert setting_hash(changed) != setting_hash(cfg)
+    assert config_hash(load_config("smoke", overrides=["train.report_to=[mlflow]"])) == config_hash(
+        load_config("smoke")
+    )

@@ -100,3 +100,13 @@ def test_to_dict_is_plain_data():
     data = to_dict(load_config(None))
     assert isinstance(data["stages"], list)
     assert isinstance(data["model"]["lora"]["target_modules"], list)
+
+
+def test_scientific_notation_overrides_are_numbers():
+    """YAML 1.1 reads ``1e-3`` (no dot) as text; a float field takes it as the number."""
+    from s2d_align.config import load_config
+
+    assert load_config("smoke", overrides=["train.lr=1e-3"]).train.lr == 1e-3
+    assert load_config("smoke", overrides=["train.lr=5E-4"]).train.lr == 5e-4
+    with pytest.raises(ConfigError, match="train.lr.*not of type float"):
+        load_config("smoke", overrides=["train.lr=fast"])

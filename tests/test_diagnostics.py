@@ -4,7 +4,9 @@ retrieval label precision, and how the harness records and reports them."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
+import json
 import math
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from s2d_align.errors import ConfigError, DataError
 from s2d_align.evaluation.labelers.rules import RulesLabeler
 from s2d_align.inference.diagnostics import (
     FINDING_SENTENCES,
+    FINDING_SENTENCES_FILE,
     derangement,
     finding_auroc,
     higher_is_better,
@@ -26,6 +29,11 @@ from s2d_align.inference.diagnostics import (
     retrieval_label_precision,
     sentence_log_likelihoods,
     train_log_diagnostics,
+)
+from s2d_align.inference.finding_sentences import (
+    FindingSentences,
+    select_finding_sentences,
+    train_finding_sentences,
 )
 from s2d_align.training.data import Item
 
@@ -184,6 +192,168 @@ def test_sentence_scores_are_the_models_own_lm_loss_on_the_sentence(tmp_path):
                 loss = float(model(row).losses["lm"])
                 assert float(scores[i, k]) == pytest.approx(-loss, abs=1e-4)
     assert not torch.allclose(scores[0], scores[1])  # the image changes the likelihood
+
+
+# The labels a labeler might give each sentence (No Finding = 1 beside Support Devices only,
+# as CheXpert sets it).
+_TOY_LABELS = {
+    "Large effusion": {"Pleural Effusion": 1},
+    "Bilateral effusions": {"Pleural Effusion": 1},
+    "Small effusion": {"Pleural Effusion": 1},
+    "Effusion and edema": {"Pleural Effusion": 1, "Edema": 1},
+    "Edema without effusion": {"Edema": 1, "Pleural Effusion": 0},
+    "Central line in place": {"Support Devices": 1, "No Finding": 1},
+    "No effusion": {"Pleural Effusion": 0, "No Finding": 1},
+    "No effusion or pneumothorax": {"Pleural Effusion": 0, "Pneumothorax": 0, "No Finding": 1},
+    "No pneumothorax": {"Pneumothorax": 0, "No Finding": 1},
+    "Heart normal": {"Cardiomegaly": 0, "No Finding": 1},
+}
+_TOY_COUNTS = {
+    "Large effusion": 9,
+    "Bilateral effusions": 5,  # ties with "Small effusion": text order decides
+    "Small effusion": 5,
+    "Effusion and edema": 50,  # the commonest effusion sentence, but it also states edema
+    "Edema without effusion": 40,  # states edema: no negative for effusion
+    "Central line in place": 7,
+    "No effusion": 20,
+    "No effusion or pneumothorax": 30,
+    "No pneumothorax": 10,
+    "Heart normal": 25,
+}
+
+
+def test_finding_sentences_are_the_commonest_that_state_one_observation():
+    chosen = select_finding_sentences(_TOY_COUNTS, _TOY_LABELS, k=2)
+    assert chosen.positive["Pleural Effusion"] == ("Large effusion", "Bilateral effusions")
+    assert chosen.negative["Pleural Effusion"] == ("No effusion or pneumothorax", "No effusion")
+    assert chosen.positive["Edema"] == ("Edema without effusion",)  # alone among positives
+    assert chosen.negative["Edema"] == ()
+    assert chosen.positive["Support Devices"] == ("Central line in place",)  # No Finding aside
+    # No Finding: normal sentences only (the line states a device); k caps it at two
+    assert chosen.positive["No Finding"] == ("No effusion or pneumothorax", "Heart normal")
+    assert chosen.negative["Cardiomegaly"] == ("Heart normal",)
+    # no sentence states a pneumothorax: the fixed sentence, in the splitter's form
+    assert chosen.positive["Pneumothorax"] == ("There is a pneumothorax",)
+    assert chosen.negative["Pneumothorax"] == ("No effusion or pneumothorax", "No pneumothorax")
+    assert set(chosen.fallback) == set(OBSERVATIONS) - {
+        "Pleural Effusion", "Edema", "Support Devices", "No Finding"
+    }  # fmt: skip
+    assert chosen.counts["Large effusion"] == 9 and chosen.counts["There is a pneumothorax"] == 0
+    wider = select_finding_sentences(_TOY_COUNTS, _TOY_LABELS, k=3)
+    assert wider.positive["Pleural Effusion"][2] == "Small effusion"
+    with pytest.raises(DataError, match="no labels for 1 sentence"):
+        select_finding_sentences({**_TOY_COUNTS, "Unlabelled": 1}, _TOY_LABELS)
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        select_finding_sentences(_TOY_COUNTS, _TOY_LABELS, k=0)
+
+
+def test_finding_score_is_the_positive_mean_minus_the_negative_mean():
+    chosen = select_finding_sentences(_TOY_COUNTS, _TOY_LABELS, k=2)
+    sentences = chosen.sentences()
+    assert len(sentences) == len(set(sentences))  # each scored once, shared between sets
+    rng = np.random.default_rng(0)
+    ll = rng.normal(size=(4, len(sentences)))
+    col = {s: ll[:, i] for i, s in enumerate(sentences)}
+    scores = chosen.contrast(ll)
+    assert scores.shape == (4, len(OBSERVATIONS))
+    effusion = OBSERVATIONS.index("Pleural Effusion")
+    expected = (col["Large effusion"] + col["Bilateral effusions"]) / 2 - (
+        col["No effusion or pneumothorax"] + col["No effusion"]
+    ) / 2
+    np.testing.assert_allclose(scores[:, effusion], expected)
+    # never negated: the positive mean minus the mean of every other negative sentence
+    negatives = sorted({s for obs in OBSERVATIONS for s in chosen.negative[obs]})
+    assert negatives and not chosen.negative["Edema"]
+    baseline = np.mean([col[s] for s in negatives], axis=0)
+    edema = OBSERVATIONS.index("Edema")
+    np.testing.assert_allclose(scores[:, edema], col["Edema without effusion"] - baseline)
+    with pytest.raises(ValueError, match="expected \\(studies, "):
+        chosen.contrast(ll[:, :-1])
+    assert FindingSentences.from_dict(chosen.to_dict()) == chosen
+
+
+class _ToyLabeler:
+    """Keyword labels; counts what it was asked to label."""
+
+    def __init__(self, signature: str = "toy-1") -> None:
+        self.signature = signature
+        self.seen: list[str] = []
+
+    def label(self, texts):
+        self.seen.extend(texts)
+        return [_TOY_LABELS.get(t, {"No Finding": 1}) for t in texts]
+
+
+def test_train_sentences_are_labelled_once_and_cached(tmp_path):
+    reports = [
+        "Large effusion. No pneumothorax.",
+        "Large effusion. Edema without effusion.",
+        "Heart normal. No effusion. No pneumothorax.",
+        "Central line in place. Heart normal.",
+    ]
+    labeler = _ToyLabeler()
+    chosen = train_finding_sentences(reports, labeler, cache_dir=tmp_path)
+    assert sorted(labeler.seen) == sorted(set(labeler.seen))  # each distinct sentence once
+    assert "Large effusion" in labeler.seen and "Large effusion." not in labeler.seen
+    assert chosen.positive["Pleural Effusion"] == ("Large effusion",)
+    assert chosen.counts["Large effusion"] == 2 and chosen.labeler == "toy-1"
+    (entry,) = tmp_path.glob("finding-sentences-*.json")
+    again = _ToyLabeler()  # the same reports in another order: read from the cache
+    assert train_finding_sentences(reports[::-1], again, cache_dir=tmp_path) == chosen
+    assert again.seen == []
+    other = _ToyLabeler("toy-2")  # another labeler labels again
+    assert train_finding_sentences(reports, other, cache_dir=tmp_path).labeler == "toy-2"
+    assert other.seen
+    entry.write_text("{not json")  # a damaged entry is recomputed, not trusted
+    assert train_finding_sentences(reports, _ToyLabeler(), cache_dir=tmp_path) == chosen
+    assert FindingSentences.from_dict(json.loads(entry.read_text())) == chosen
+
+
+def test_cached_sentence_scores_equal_the_full_passes(tmp_path):
+    """One image + prompt pass and its KV cache give each row's own likelihoods, with rows
+    left-padded by both their view count and their prompt length."""
+    from model_fixtures import build, make_tokenizer
+    from model_fixtures import tiny_config as model_config
+
+    from s2d_align.training.collate import Collator, ContextStore, StageContext
+    from s2d_align.training.prompts import PromptBuilder
+
+    tokenizer = make_tokenizer(tmp_path)
+    cfg = model_config(memory=False)
+    cfg = dataclasses.replace(
+        cfg,
+        model=dataclasses.replace(
+            cfg.model, llm=dataclasses.replace(cfg.model.llm, num_layers=2, max_length=96)
+        ),
+    )
+    model = build(cfg, tokenizer).eval()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # large weights: sharp attention and logits, so that a wrong
+        for param in model.llm.parameters():  # position or mask shows in the scores
+            if param.ndim == 2:
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.3)
+    builder = PromptBuilder(tokenizer, cfg.prompt, cfg.model.llm.max_length)
+    rng = np.random.default_rng(2)
+    refs = ["Normal.", "The heart is enlarged. Small left pleural effusion.", "No pneumothorax."]
+    items = [
+        Item(i, Study(id=f"s{i}", report="", image_paths=(), split="test"),
+             rng.integers(0, 255, (2, 32, 32), dtype=np.uint8), 1 + i % 2)
+        for i in range(3)
+    ]  # fmt: skip
+    store = ContextStore(
+        references={f"s{i}": [f"r{i}"] for i in range(3)},
+        reference_reports={f"r{i}": text for i, text in enumerate(refs)},
+    )
+    batch = Collator(builder, store, [StageContext(reference=True)], generate=True)(items)
+    assert not batch["attention_mask"].bool().all()  # prompts of different lengths
+    sentences = ["The heart is enlarged", "Small left pleural effusion"]
+    targets = [tokenizer(s, add_special_tokens=False)["input_ids"] for s in sentences]
+    targets.append(targets[0][:1])  # a one-token sentence: read off the prefix pass alone
+    with torch.no_grad():
+        cached = sentence_log_likelihoods(model, batch, targets)
+        full = sentence_log_likelihoods(model, batch, targets, use_cache=False)
+    torch.testing.assert_close(cached, full, atol=1e-4, rtol=0)
+    assert float((full - full.mean(0)).abs().max()) > 1e-2  # rows really differ
 
 
 # ----------------------------------------------------------------------------- train log
@@ -410,6 +580,9 @@ def test_real_pipeline_returns_the_diagnostics_of_the_test_split(tmp_path_factor
     aurocs = {k: v for k, v in values.items() if k.startswith("diag/finding_auroc/")}
     assert aurocs and all(0.0 <= v <= 1.0 for v in aurocs.values())
     assert values["diag/finding_auroc"] == pytest.approx(np.mean(list(aurocs.values())))
+    # the sentences it scored: the train reports' own, recorded in the run folder
+    scored = FindingSentences.from_dict(json.loads((run_dir / FINDING_SENTENCES_FILE).read_text()))
+    assert scored.labeler == RulesLabeler.signature and len(scored.fallback) < len(OBSERVATIONS)
     stages = [s.name for s in spec.config.stages]
     assert f"diag/gate/{stages[-1]}" in values and -1.0 < values[f"diag/gate/{stages[-1]}"] < 1.0
     for stage in spec.config.stages:  # every stage with an alignment loss, and only those

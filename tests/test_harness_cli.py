@@ -19,21 +19,21 @@ def results(tmp_path: Path) -> tuple[Path, list[str]]:
 
 def test_results_list_show_and_compare(results, capsys):
     out, (sft, s2d) = results
-    assert main(["results", "list", "--out", str(out)]) == 0
+    assert main(["results", "list", "--results", str(out)]) == 0
     listed = capsys.readouterr().out
     assert "2 run(s)" in listed and "complete" in listed
-    assert main(["results", "show", s2d, "--out", str(out)]) == 0
+    assert main(["results", "show", s2d, "--results", str(out)]) == 0
     shown = capsys.readouterr().out
     assert "ROUGE_L" in shown and "signature: fake-protocol|v1" in shown
     assert "test evaluations logged: 1" in shown
-    assert main(["results", "compare", sft, s2d, "--out", str(out), "--resamples", "500"]) == 0
+    assert main(["results", "compare", sft, s2d, "--results", str(out), "--resamples", "500"]) == 0
     compared = capsys.readouterr().out
     assert "ROUGE_L" in compared and "p (paired AR)" in compared
 
 
 def test_results_show_unknown_run_is_a_user_error(results, capsys):
     out, _ = results
-    assert main(["results", "show", "nope", "--out", str(out)]) == 2
+    assert main(["results", "show", "nope", "--results", str(out)]) == 2
     assert "no run 'nope'" in capsys.readouterr().err
 
 
@@ -41,14 +41,14 @@ def test_results_show_unknown_run_is_a_user_error(results, capsys):
 def test_report_command_rebuilds_from_the_store(results, tmp_path):
     out, _ = results
     shutil.rmtree(out / "runs")
-    assert main(["report", "--results", str(out), "--out", str(tmp_path / "rep")]) == 0
+    assert main(["report", "--results", str(out), "--reports", str(tmp_path / "rep")]) == 0
     assert (tmp_path / "rep" / "tiny" / "ablation.md").is_file()
     assert (tmp_path / "rep" / "tiny" / "ablation.tex").is_file()
 
 
 def test_ablate_dry_run_prints_the_plan_and_trains_nothing(tmp_path, capsys):
     code = main(["ablate", "--preset", "smoke", "--variants", "sft,s2d", "--seeds", "0,1",
-                 "--out", str(tmp_path), "--dry-run"])  # fmt: skip
+                 "--results", str(tmp_path), "--dry-run"])  # fmt: skip
     assert code == 0
     text = capsys.readouterr().out
     assert "4 run(s) to do" in text and "optimizer steps" in text and "estimated" in text
@@ -58,12 +58,13 @@ def test_ablate_dry_run_prints_the_plan_and_trains_nothing(tmp_path, capsys):
 
 @pytest.mark.parametrize("jobs", ["0", "two"])
 def test_ablate_rejects_a_bad_jobs_value(tmp_path, capsys, jobs):
-    code = main(["ablate", "--preset", "smoke", "--jobs", jobs, "--out", str(tmp_path)])
+    code = main(["ablate", "--preset", "smoke", "--jobs", jobs, "--results", str(tmp_path)])
     assert code == 2 and "--jobs must be a positive integer or 'auto'" in capsys.readouterr().err
 
 
 def test_ablate_rejects_an_unknown_variant(tmp_path, capsys):
-    code = main(["ablate", "--preset", "smoke", "--variants", "sft,nope", "--out", str(tmp_path)])
+    argv = ["ablate", "--preset", "smoke", "--variants", "sft,nope", "--results", str(tmp_path)]
+    code = main(argv)
     assert code == 2 and "unknown variant 'nope'" in capsys.readouterr().err
 
 
@@ -79,7 +80,7 @@ def test_ablate_smoke_end_to_end_then_resume_is_a_no_op(tmp_path, capsys):
 
     def ablate(out: Path, reports: Path) -> list[str]:
         return ["ablate", "--preset", "smoke", "--variants", "sft,s2d", "--seeds", "0",
-                "--out", str(out), "--reports", str(reports), "--cache-root", str(cache),
+                "--results", str(out), "--reports", str(reports), "--cache", str(cache),
                 "--no-progress", *FAST]  # fmt: skip
 
     argv = ablate(out, reports)

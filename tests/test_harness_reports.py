@@ -130,7 +130,7 @@ def test_sweep_history_and_importance_come_from_the_study_in_the_same_store(tmp_
     run_sweep(job, trials=4, workers=1, progress=False)
     written = build_reports(Store(url), tmp_path / "rep")
     base = tmp_path / "rep" / "sweeps" / "toy-study"
-    assert {base / "trials.csv", base / "history.png", base / "importance.png"} <= set(written)
+    assert {base / "trials.csv", base / "sweep.png", base / "sweep.pdf"} <= set(written)
     trials = (base / "trials.csv").read_text().splitlines()
     assert len(trials) == 5 and "param:lr" in trials[0] and "run_id" in trials[0]
     assert not (tmp_path / "rep" / "tiny").exists()  # sweep runs never enter the ablation table
@@ -261,4 +261,4 @@ def test_bleu_is_tested_at_corpus_level_and_meteor_is_labelled_a_proxy(quality_s
     md = to_markdown(table)
     assert "| METEOR‡ |" in md or " METEOR‡ " in md
     assert "‡: tested on the mean sentence score (pycocoevalcap pools METEOR" in md
-    assert "BLEU_1, BLEU_4" in md.split("‡:")[0]  # listed as tested at corpus level
+    assert "BLEU-1, BLEU-4" in md.split("‡:")[0]  # listed as tested at corpus level

@@ -1,4 +1,4 @@
-"""Every YAML under ablations/ loads and validates; variants encode the ablation they claim and
+"""Every YAML under s2d_align/ablations/ loads and validates; variants encode the ablation they claim and
 say only that (``extends``, stage patches by name); the grid is the variants folder."""
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from s2d_align.harness.variants import (
 
 ABLATIONS = find_ablations_dir()
 PRESETS = sorted((ABLATIONS / "presets").glob("*.yaml"))
-#: The documented variants (ablations/README.md), in their grid order.
+#: The documented variants (s2d_align/ablations/README.md), in their grid order.
 SHIPPED = ("s2d", "sft", "sft+mem", "s1+s2", "s1+s3", "s2d-no-mem", "s2d-mem-reset",
            "s2d-no-align", "multitask", "d2s", "sft-blind")  # fmt: skip
 

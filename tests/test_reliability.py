@@ -168,7 +168,7 @@ def _resumable_copy(tmp_path_factory, tmp_path) -> Path:
 
 
 def _train_cli(run: Path, cache: Path) -> int:
-    args = ["train", "--preset", "smoke", "--out", str(run), "--cache", str(cache)]
+    args = ["train", "--preset", "smoke", "--run", str(run), "--cache", str(cache)]
     return main([*args, "--no-progress", *TINY])
 
 
@@ -203,7 +203,7 @@ def test_train_refuses_a_users_folder_and_leaves_it_alone(tmp_path, capsys):
     before = checksums(folder)
     assert _train_cli(folder, tmp_path / "cache") == 2
     line = one_error_line(capsys.readouterr().err)
-    assert str(folder) in line and "not empty" in line and "--out" in line
+    assert str(folder) in line and "not empty" in line and "--run" in line
     assert checksums(folder) == before
     assert not (tmp_path / "cache").exists()  # refused before any work
 

@@ -127,12 +127,12 @@ def test_parquet_without_pyarrow_names_the_extra(results, tmp_path, monkeypatch,
 
 def test_list_and_show_json(results, capsys):
     out, (sft, s2d) = results
-    assert main(["results", "list", "--out", str(out), "--json"]) == 0
+    assert main(["results", "list", "--results", str(out), "--json"]) == 0
     runs = json.loads(capsys.readouterr().out)
     assert sorted(r["run_id"] for r in runs) == sorted([sft, s2d])
     assert all(r["status"] == "complete" and r["steps"] == 4 for r in runs)
 
-    assert main(["results", "show", s2d, "--out", str(out), "--json"]) == 0
+    assert main(["results", "show", s2d, "--results", str(out), "--json"]) == 0
     run = json.loads(capsys.readouterr().out)
     assert run["run_id"] == s2d and run["config"]["train"]["total_steps"] == 4
     want = store_metrics(out, [s2d])

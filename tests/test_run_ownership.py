@@ -81,7 +81,7 @@ def _env(tmp_path: Path, sleep_s: float) -> dict[str, str]:
 
 def _ablate_args(preset: Path, out: Path, seeds: str = "0,1", jobs: str = "1") -> list[str]:
     return ["ablate", "--preset", str(preset), "--variants", "sft,s2d", "--seeds", seeds,
-            "--out", str(out), "--reports", str(out / "reports"), "--jobs", jobs,
+            "--results", str(out), "--reports", str(out / "reports"), "--jobs", jobs,
             "--no-progress"]  # fmt: skip
 
 
@@ -120,7 +120,7 @@ def _plant_claim(store: Store, run_id: str, owner: Owner, age_s: float = 0.0) ->
 # -- duplicate seeds ---------------------------------------------------------------------------
 def test_duplicate_seeds_are_rejected_in_one_line(tmp_path, capsys):
     code = main(["ablate", "--preset", "smoke", "--variants", "sft", "--seeds", "0,1,0",
-                 "--out", str(tmp_path), "--dry-run"])  # fmt: skip
+                 "--results", str(tmp_path), "--dry-run"])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 2 and err.strip() == "error: seed 0 is listed twice"
     assert not (tmp_path / "runs").exists()
@@ -271,7 +271,7 @@ def test_a_live_owner_keeps_its_claim_fresh_past_the_timeout(tmp_path, preset):
 
 
 def test_claim_timeout_must_be_a_positive_duration(tmp_path, capsys):
-    code = main(["ablate", "--preset", "smoke", "--claim-timeout", "soon", "--out", str(tmp_path),
+    code = main(["ablate", "--preset", "smoke", "--claim-timeout", "soon", "--results", str(tmp_path),
                  "--dry-run"])  # fmt: skip
     assert code == 2
     assert "--claim-timeout must be a positive duration" in capsys.readouterr().err

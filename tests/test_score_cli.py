@@ -128,7 +128,7 @@ def scored(ann, tmp_path_factory):
     pred = _preds(out_dir / "pred.jsonl", GOOD)
     out = out_dir / "metrics.json"
     argv = ["score", "--pred", str(pred), "--ann", str(ann), "--split", "test", "--out", str(out),
-            "--cache-dir", str(out_dir / "cache"), "--bootstrap", "200"]  # fmt: skip
+            "--cache", str(out_dir / "cache"), "--bootstrap", "200"]  # fmt: skip
     code = main(argv)
     return code, out, out_dir
 
@@ -168,7 +168,8 @@ def test_score_writes_every_metric_and_the_signature(scored, ann):
         data["ce_matrix"]["u1"]["5"]["example"]["f1"]
         == data["metrics"]["ce/u1/5/example/f1"]["value"]
     )
-    assert list((out_dir / "cache").glob("ref-labels-*.json"))  # reference labels were cached
+    # reference labels were cached, in the eval/ folder of --cache
+    assert list((out_dir / "cache" / "eval").glob("ref-labels-*.json"))
     report = ScoreReport.from_dict(data)
     assert report.metrics["CIDEr"].value == data["metrics"]["CIDEr"]["value"]
     assert report.per_observation_f1() == data["per_observation_f1"]
@@ -198,7 +199,7 @@ def test_score_prints_a_table_with_cis_and_the_signature(scored):
 def test_compare_runs_a_paired_test_per_metric(ann, tmp_path, capsys):
     a, b = _preds(tmp_path / "a.jsonl", TEST_REPORTS), _preds(tmp_path / "b.jsonl", POOR)
     out = tmp_path / "cmp.json"
-    argv = ["compare", str(a), str(b), "--ann", str(ann), "--trials", "2000", "--out", str(out),
+    argv = ["compare", str(a), str(b), "--ann", str(ann), "--resamples", "2000", "--out", str(out),
             "--bootstrap", "50", "--no-cache"]  # fmt: skip
     assert main(argv) == 0
     printed = capsys.readouterr().out

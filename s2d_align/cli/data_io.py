@@ -13,30 +13,69 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from s2d_align.cli.vocab import command, option
 from s2d_align.data.r2gen import DATASETS, SPLITS
 
 
 def register(group: argparse._SubParsersAction) -> None:
-    p = group.add_parser("import-iu", help="Open-i IU X-Ray reports (XML) -> annotation.json")
-    p.add_argument(
-        "--reports", required=True, type=Path, help="NLMCXR_reports.tgz or its extracted folder"
+    p = command(
+        group,
+        "import-iu",
+        help="Open-i IU X-Ray reports (XML) -> annotation.json",
+        example="s2d-align data import-iu --report-texts NLMCXR_reports.tgz "
+        "--images NLMCXR_png/ --data-dir data/iu",
     )
-    p.add_argument("--out", required=True, type=Path, help="output folder for annotation.json")
+    option(
+        p,
+        "--report-texts",
+        "--reports",
+        required=True,
+        type=Path,
+        metavar="PATH",
+        help="NLMCXR_reports.tgz or its extracted folder",
+    )
+    option(
+        p,
+        "--data-dir",
+        "--out",
+        required=True,
+        type=Path,
+        metavar="DIR",
+        help="dataset folder to write annotation.json into",
+    )
     p.add_argument("--images", type=Path, help="folder of NLMCXR PNGs; checks every image exists")
-    p.add_argument("--seed", type=int, default=0, help="seed of the 7:1:2 split (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the 7:1:2 split")
     p.add_argument(
         "--skip-bad", action="store_true", help="skip and list bad XML files instead of failing"
     )
     p.set_defaults(handler=_import_iu)
 
-    p = group.add_parser(
-        "import-mimic", help="MIMIC-CXR-JPG (split CSV, reports, JPEGs) -> annotation.json"
+    p = command(
+        group,
+        "import-mimic",
+        help="MIMIC-CXR-JPG (split CSV, reports, JPEGs) -> annotation.json",
+        example="s2d-align data import-mimic --root /data/mimic-cxr-jpg --data-dir data/mimic",
     )
     p.add_argument(
         "--root", required=True, type=Path, help="MIMIC-CXR-JPG folder (split CSV, files/)"
     )
-    p.add_argument("--out", required=True, type=Path, help="output folder for annotation.json")
-    p.add_argument("--reports", type=Path, help="MIMIC-CXR reports folder if not under --root")
+    option(
+        p,
+        "--data-dir",
+        "--out",
+        required=True,
+        type=Path,
+        metavar="DIR",
+        help="dataset folder to write annotation.json into",
+    )
+    option(
+        p,
+        "--report-texts",
+        "--reports",
+        type=Path,
+        metavar="DIR",
+        help="MIMIC-CXR reports folder (default: under --root)",
+    )
     p.add_argument(
         "--skip-bad", action="store_true", help="skip and list bad rows instead of failing"
     )
@@ -45,7 +84,13 @@ def register(group: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(handler=_import_mimic)
 
-    p = group.add_parser("check", help="test-set manifest and audit of an annotation.json")
+    p = command(
+        group,
+        "check",
+        help="test-set manifest and audit of an annotation.json",
+        example="s2d-align data check data/iu/annotation.json --images NLMCXR_png/ "
+        "--out manifest.json --strict",
+    )
     p.add_argument("annotation", type=Path, metavar="ANN", help="R2Gen annotation.json")
     p.add_argument("--images", type=Path, help="image root (default: the annotation's folder)")
     p.add_argument(
@@ -84,14 +129,14 @@ def _import_iu(args: argparse.Namespace) -> int:
     from s2d_align.data.importers.iu import import_iu
 
     summary = import_iu(
-        args.reports,
-        args.out,
+        args.report_texts,
+        args.data_dir,
         images=args.images,
         seed=args.seed,
         skip_bad=args.skip_bad,
         progress=_progress(),
     )
-    _print_import(summary, args.out)
+    _print_import(summary, args.data_dir)
     few = len(summary["fewer_than_2_images"])
     print(
         f"{few} studies have fewer than 2 images (kept); views per study: {summary['views_per_study']}"
@@ -104,13 +149,13 @@ def _import_mimic(args: argparse.Namespace) -> int:
 
     summary = import_mimic(
         args.root,
-        args.out,
-        reports=args.reports,
+        args.data_dir,
+        reports=args.report_texts,
         skip_bad=args.skip_bad,
         check_images=not args.no_image_check,
         progress=_progress(),
     )
-    _print_import(summary, args.out)
+    _print_import(summary, args.data_dir)
     print("studies per split: " + ", ".join(f"{s} {n}" for s, n in summary["studies"].items()))
     return 0
 

@@ -6,21 +6,33 @@ import argparse
 import time
 from pathlib import Path
 
+from s2d_align.cli.vocab import add_jobs, command, option
 from s2d_align.config.schema import SynthConfig
 
 
 def register(group: argparse._SubParsersAction) -> None:
     defaults = SynthConfig()
-    parser = group.add_parser(
+    parser = command(
+        group,
         "synth",
         help="generate the SynthCXR benchmark (images, reports, ground truth)",
         description=(
-            "Write SynthCXR into --out: images/*.png, annotation.json (R2Gen format), "
+            "Write SynthCXR into --data-dir: images/*.png, annotation.json (R2Gen format), "
             "ground_truth.json (CheXpert labels, key phrases, findings) and synth_meta.json. "
-            "The same seed and settings give byte-identical files, whatever --workers is."
+            "The same seed and settings give byte-identical files, whatever --jobs is."
         ),
+        example="s2d-align data synth --data-dir data/synth --n-train 200 --jobs 4 "
+        "--figure synth.png",
     )
-    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    option(
+        parser,
+        "--data-dir",
+        "--out",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="dataset folder to write (empty, or an earlier SynthCXR)",
+    )
     parser.add_argument("--n-train", type=int, default=defaults.n_train, help="train studies")
     parser.add_argument("--n-val", type=int, default=defaults.n_val, help="validation studies")
     parser.add_argument("--n-test", type=int, default=defaults.n_test, help="test studies")
@@ -29,9 +41,9 @@ def register(group: argparse._SubParsersAction) -> None:
         "--views", type=int, choices=(1, 2), default=defaults.views, help="1 frontal, 2 + lateral"
     )
     parser.add_argument("--seed", type=int, default=defaults.seed, help="dataset seed")
-    parser.add_argument("--workers", type=int, default=1, help="rendering processes")
+    add_jobs(parser, "rendering processes", "--workers", type=int, default=1)
     parser.add_argument(
-        "--force", action="store_true", help="replace a SynthCXR dataset already in --out"
+        "--force", action="store_true", help="replace a SynthCXR dataset already in --data-dir"
     )
     parser.add_argument("--figure", type=Path, help="also write a grid of examples to this PNG")
     parser.add_argument("--figure-n", type=int, default=8, help="examples in the figure")
@@ -52,26 +64,28 @@ def _run(args: argparse.Namespace) -> int:
         args.n_train, args.n_val, args.n_test, args.size, args.views, args.seed
     )
     settings.validate()
-    if is_complete(args.out, settings) and not args.force:
-        print(f"{args.out}: SynthCXR with these settings is already complete (--force regenerates)")
+    if is_complete(args.data_dir, settings) and not args.force:
+        print(
+            f"{args.data_dir}: SynthCXR with these settings is already complete (--force regenerates)"
+        )
     else:
         started = time.perf_counter()
         generate_synthcxr(
-            args.out,
+            args.data_dir,
             **settings.__dict__,
-            workers=args.workers,
+            workers=args.jobs,
             progress=not args.no_progress,
             overwrite=args.force,
         )
         elapsed = time.perf_counter() - started
-        meta = read_json(args.out / "synth_meta.json")
+        meta = read_json(args.data_dir / "synth_meta.json")
         studies, patients = meta["studies"], meta["patients"]
         print(
-            f"SynthCXR {meta['version']} -> {args.out} in {elapsed:.1f}s: "
+            f"SynthCXR {meta['version']} -> {args.data_dir} in {elapsed:.1f}s: "
             + ", ".join(f"{s} {studies[s]} studies / {patients[s]} patients" for s in studies)
             + f"; No Finding {meta['no_finding_share']:.0%}"
         )
     if args.figure is not None:
-        path = plot_examples(args.out, args.figure, n=args.figure_n)
+        path = plot_examples(args.data_dir, args.figure, n=args.figure_n)
         print(f"figure: {path}")
     return 0

@@ -16,13 +16,19 @@ import argparse
 import sys
 from pathlib import Path
 
+from s2d_align.cli.vocab import command
 from s2d_align.config.schema import EvalConfig
 from s2d_align.errors import DataError
 from s2d_align.utils.io import check_output_path, iter_jsonl_lines, write_jsonl
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("label", help="label reports with CheXpert-14 labels and key phrases")
+    p = command(
+        sub,
+        "label",
+        help="label reports with CheXpert-14 labels and key phrases",
+        example="s2d-align label --in pred.jsonl --out labels.jsonl --labeler rules",
+    )
     p.add_argument(
         "--in",
         dest="inp",
@@ -36,16 +42,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="NAME",
         help='the text field to label (default: "report", else "prediction")',
     )
-    p.add_argument("--out", metavar="LABELS.jsonl", required=True, type=Path, help="output JSONL")
     p.add_argument(
-        "--labeler", default="rules", choices=("rules", "chexbert"), help="default rules"
+        "--out", metavar="LABELS.jsonl", required=True, type=Path, help="labels JSONL to write"
+    )
+    p.add_argument(
+        "--labeler", default="rules", choices=("rules", "chexbert"), help="CheXpert labeler"
     )
     p.add_argument("--chexbert-ckpt", type=Path, help="CheXbert chexbert.pth (labeler chexbert)")
     p.add_argument("--chexbert-sha256", help="expected SHA-256 of the checkpoint (checked)")
     p.add_argument(
         "--vocab", type=Path, help="bert-base-uncased vocab.txt (default: packaged copy)"
     )
-    p.add_argument("--batch-size", type=int, default=16, help="CheXbert batch size (default 16)")
+    p.add_argument("--batch-size", type=int, default=16, help="CheXbert batch size")
     p.add_argument(
         "--device", help="CheXbert device, e.g. cpu or cuda (default: cuda if available)"
     )

@@ -11,7 +11,6 @@ Predictions are JSONL lines ``{"id", "prediction"}``; they must cover the split 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from s2d_align.chexpert import OBSERVATIONS
+from s2d_align.cli.vocab import CACHE_ENV, add_cache, command, env_cache, option
 from s2d_align.config.schema import EvalConfig
 from s2d_align.data.audit import manifest_hash
 from s2d_align.data.r2gen import DATASETS, SPLITS, load_annotation
@@ -32,46 +32,76 @@ from s2d_align.evaluation.score import SUPPORT_PREFIX, check_ids, compare_corpor
 from s2d_align.utils.io import check_output_path, iter_jsonl_lines, write_json
 
 
-def _add_eval_options(p: argparse.ArgumentParser) -> None:
+def _add_eval_options(p: argparse.ArgumentParser, out_help: str) -> None:
     defaults = EvalConfig()
     p.add_argument("--ann", required=True, type=Path, help="R2Gen annotation.json (references)")
-    p.add_argument("--split", default="test", choices=SPLITS, help="split to score (default test)")
+    p.add_argument("--split", default="test", choices=SPLITS, help="split to score")
     p.add_argument("--images", type=Path, help="image root (default: the annotation's folder)")
     p.add_argument("--dataset", choices=DATASETS, help="dataset rules (needed by r2gen-legacy)")
     p.add_argument("--group-by-study", action="store_true", help="fold MIMIC per-image rows")
     p.add_argument(
         "--profile", default=defaults.profile, choices=PROFILES, help="evaluation profile"
     )
-    p.add_argument("--labeler", default=defaults.labeler, choices=("rules", "chexbert"))
+    p.add_argument(
+        "--labeler", default=defaults.labeler, choices=("rules", "chexbert"), help="CE labeler"
+    )
     p.add_argument("--chexbert-ckpt", type=Path, help="chexbert.pth (labeler chexbert)")
     p.add_argument("--chexbert-sha256", help="expected SHA-256 of the checkpoint (checked)")
     p.add_argument("--vocab", type=Path, help="bert-base-uncased vocab.txt (labeler chexbert)")
     p.add_argument(
-        "--headline", default=defaults.headline, help="CE headline cell (u0/14/micro/f1)"
+        "--headline",
+        default=defaults.headline,
+        help="CE headline cell, MAPPING/LABELS/AVERAGE/METRIC",
     )
-    p.add_argument("--bootstrap", type=int, default=defaults.bootstrap, help="bootstrap resamples")
-    p.add_argument("--ci-seed", type=int, default=defaults.ci_seed, help="bootstrap seed")
     p.add_argument(
+        "--bootstrap",
+        type=int,
+        default=defaults.bootstrap,
+        help="bootstrap replicates of the 95%% CIs (0: no intervals)",
+    )
+    p.add_argument("--ci-seed", type=int, default=defaults.ci_seed, help="bootstrap seed")
+    add_cache(
+        p,
+        "reference labels, kept in its eval/ folder",
+        f"${CACHE_ENV}, else .s2d-cache/ beside --out, else none",
         "--cache-dir",
-        type=Path,
-        help="reference-label cache (default: .s2d-cache/ beside --out; none without --out)",
     )
     p.add_argument("--no-cache", action="store_true", help="do not cache reference labels")
-    p.add_argument("--out", type=Path, help="write the scores as JSON")
+    p.add_argument("--out", type=Path, metavar="FILE.json", help=out_help)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("score", help="score predictions: NLG + CE with CIs and a signature")
+    p = command(
+        sub,
+        "score",
+        help="score predictions: NLG + CE with CIs and a signature",
+        example="s2d-align score --pred pred.jsonl --ann data/iu/annotation.json --split test "
+        "--out metrics.json",
+    )
     p.add_argument("--pred", required=True, type=Path, help='JSONL lines {"id", "prediction"}')
-    _add_eval_options(p)
+    _add_eval_options(p, "write the scores (with per-sample scores) to this JSON file")
     p.set_defaults(handler=_score)
 
-    p = sub.add_parser("compare", help="paired test of two prediction files on one split")
-    p.add_argument("pred_a", type=Path, metavar="A.jsonl")
-    p.add_argument("pred_b", type=Path, metavar="B.jsonl")
-    p.add_argument("--trials", type=int, default=10_000, help="randomisation trials")
+    p = command(
+        sub,
+        "compare",
+        help="paired test of two prediction files on one split",
+        example="s2d-align compare a.jsonl b.jsonl --ann data/iu/annotation.json "
+        "--resamples 10000 --out compare.json",
+    )
+    p.add_argument("pred_a", type=Path, metavar="A.jsonl", help="predictions of system A")
+    p.add_argument("pred_b", type=Path, metavar="B.jsonl", help="predictions of system B")
+    option(
+        p,
+        "--resamples",
+        "--trials",
+        type=int,
+        default=10_000,
+        metavar="N",
+        help="approximate-randomisation trials of the paired test",
+    )
     p.add_argument("--seed", type=int, default=0, help="randomisation seed")
-    _add_eval_options(p)
+    _add_eval_options(p, "write the comparison to this JSON file")
     p.set_defaults(handler=_compare)
 
 
@@ -131,10 +161,9 @@ def _config(args: argparse.Namespace) -> EvalConfig:
 def _cache_dir(args: argparse.Namespace) -> Path | None:
     if args.no_cache:
         return None
-    if args.cache_dir is not None:
-        return args.cache_dir
-    if os.environ.get("S2D_CACHE_DIR"):
-        return Path(os.environ["S2D_CACHE_DIR"]) / "ref-labels"
+    root = args.cache if args.cache is not None else env_cache()
+    if root is not None:
+        return Path(root) / "eval"  # the folder the grid's scorer uses in the same cache
     # Nothing is written outside what the user named: cache beside --out, or not at all.
     out = getattr(args, "out", None)
     return Path(out).parent / ".s2d-cache" / "ref-labels" if out else None
@@ -181,7 +210,7 @@ def _compare(args: argparse.Namespace) -> int:
     for path, preds in ((args.pred_a, pred_a), (args.pred_b, pred_b)):
         check_ids(preds, references, what=f"predictions in {path} (split {args.split!r})")
     comparison = compare_corpora(
-        pred_a, pred_b, references, cfg, trials=args.trials, seed=args.seed, **common
+        pred_a, pred_b, references, cfg, trials=args.resamples, seed=args.seed, **common
     )
     console = Console(soft_wrap=True)
     print_comparison(comparison, str(args.pred_a), str(args.pred_b), console)
@@ -264,7 +293,7 @@ def print_report(report: ScoreReport, console: Console) -> None:
 def print_comparison(comparison: Comparison, name_a: str, name_b: str, console: Console) -> None:
     """One row per metric: A, B, A - B and the paired test's p-value (* p < 0.05)."""
     console.print(f"A = {name_a}\nB = {name_b}", markup=False, highlight=False, soft_wrap=True)
-    table = Table(title=f"paired approximate randomisation, {comparison.trials} trials")
+    table = Table(title=f"paired approximate randomisation, {comparison.trials} resamples")
     table.add_column("metric", no_wrap=True)
     for col in ("A", "B", "A - B", "p", ""):
         table.add_column(col, justify="right", no_wrap=True)

@@ -1,8 +1,8 @@
 """``s2d-align ablate|sweep|report|regress|results``: the ablation harness as commands.
 
-Paths: ``--out`` is the results directory (store ``OUT/s2d.db``, runs ``OUT/runs/``, caches
-``OUT/cache/``) unless ``--storage URL`` names another database; ``--reports`` is where tables
-and figures go. Every handler only parses, calls ``s2d_align.harness`` and prints.
+Paths: ``--results`` is the results directory (store ``RESULTS/s2d.db``, runs ``RESULTS/runs/``,
+caches ``RESULTS/cache/``) unless ``--storage URL`` names another database; ``--reports`` is where
+tables and figures go. Every handler only parses, calls ``s2d_align.harness`` and prints.
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from rich.console import Console
 from rich.table import Table
 
 from s2d_align.cli import harness_results
+from s2d_align.cli.harness_results import add_store_args
 from s2d_align.cli.harness_results import console as make_console
+from s2d_align.cli.vocab import add_cache, add_jobs, command, option
 from s2d_align.errors import ConfigError
 
 DEFAULT_RESULTS = "results"
@@ -44,11 +46,6 @@ def _seeds(text: str | None) -> list[int] | None:
         raise ConfigError(f"--seeds must be comma-separated integers, got {text!r}") from None
 
 
-def add_store_args(p: argparse.ArgumentParser, out_help: str = "results directory") -> None:
-    p.add_argument("--out", default=DEFAULT_RESULTS, help=f"{out_help} (default: %(default)s)")
-    p.add_argument("--storage", help="database URL (default: sqlite:///OUT/s2d.db)")
-
-
 def _progress(args: argparse.Namespace) -> bool:
     return not getattr(args, "no_progress", False)
 
@@ -59,21 +56,21 @@ def _open_store(args: argparse.Namespace, results_dir: str | None = None):
     if getattr(args, "dry_run", False):
         # A plan only reads: an existing store read-only, else an empty one in memory, so
         # that no folder or database is created.
-        path = sqlite_path(storage_url(args.storage, results_dir or args.out))
+        path = sqlite_path(storage_url(args.storage, results_dir or args.results))
         if path is not None and not path.exists() and file_in_the_way(path) is None:
             return Store("sqlite://")
-        return Store.open_readonly(args.storage, results_dir or args.out)
-    return Store.open(args.storage, results_dir or args.out)
+        return Store.open_readonly(args.storage, results_dir or args.results)
+    return Store.open(args.storage, results_dir or args.results)
 
 
 def reports_dir(args: argparse.Namespace) -> str:
     """``--reports`` as given; else the repository's ``reports/`` for the default store, and
-    ``OUT/reports`` when ``--out`` or ``--storage`` name another one (its reports must not
-    overwrite those of the main results)."""
+    ``RESULTS/reports`` when ``--results`` or ``--storage`` name another one (its reports must
+    not overwrite those of the main results)."""
     if args.reports is not None:
         return args.reports
-    if args.storage or Path(args.out) != Path(DEFAULT_RESULTS):
-        return str(Path(args.out) / "reports")
+    if args.storage or Path(args.results) != Path(DEFAULT_RESULTS):
+        return str(Path(args.results) / "reports")
     return DEFAULT_REPORTS
 
 
@@ -90,7 +87,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     specs = plan_grid(args.preset, variants, _seeds(args.seeds), overrides=args.overrides)
     store = _open_store(args)
     try:
-        runner = Runner(store, args.out, cache_root=args.cache_root, progress=_progress(args),
+        runner = Runner(store, args.results, cache_root=args.cache, progress=_progress(args),
                         references=not args.no_references,
                         claim_timeout_s=claim_timeout_s)  # fmt: skip
         jobs = parse_jobs(args.jobs, specs)
@@ -175,18 +172,18 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     )
 
     space = load_space(args.space)
-    url = storage_url(args.storage, args.out)
+    url = storage_url(args.storage, args.results)
     study_name = args.study or default_study_name(args.preset, space)
     job = SweepJob(
         preset=args.preset,
         space=space,
         storage_url=url,
         study_name=study_name,
-        results_dir=str(args.out),
+        results_dir=str(args.results),
         overrides=tuple(args.overrides),
-        cache_root=args.cache_root,
+        cache_root=str(args.cache) if args.cache else None,
     )
-    study = run_sweep(job, args.trials, args.workers, progress=_progress(args))
+    study = run_sweep(job, args.trials, args.jobs, progress=_progress(args))
     states: dict[str, int] = {}
     for t in study.get_trials(deepcopy=False):
         states[t.state.name] = states.get(t.state.name, 0) + 1
@@ -195,7 +192,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         f"study {study_name} ({url}): " + ", ".join(f"{n} {s}" for s, n in states.items())
     )
     variant = best_variant(study, space)
-    path = export_variant(variant, args.export or Path(args.out) / "sweeps" / study_name)
+    path = export_variant(variant, args.export or Path(args.results) / "sweeps" / study_name)
     best = study.best_trial
     console.print(
         f"best trial #{best.number}: val {space.metric} = {best.value:.4f} "
@@ -207,15 +204,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 # -- report ------------------------------------------------------------------------------------
 def cmd_report(args: argparse.Namespace) -> int:
+    from s2d_align.harness.bundle import opened_results
     from s2d_align.harness.reports import build_reports
-    from s2d_align.harness.store import Store
 
-    store = Store.open_readonly(args.storage, args.results)  # a report never writes the store
-    try:
-        written = build_reports(store, args.out)
-    finally:
-        store.close()
-    make_console().print(f"reports: {len(written)} file(s) under {args.out}/")
+    # read-only: a report never writes the store; a bundle file is unbundled to a temp folder
+    with opened_results(args.storage, args.results) as store:
+        written = build_reports(store, args.reports)
+    make_console().print(f"reports: {len(written)} file(s) under {args.reports}/")
     return 0
 
 
@@ -224,7 +219,7 @@ def cmd_regress(args: argparse.Namespace) -> int:
     from s2d_align.harness.regress import baseline_path, diff_table, failed, run_regression
 
     console = make_console()
-    baseline = Path(args.baseline) if args.baseline else baseline_path(args.out, args.preset)
+    baseline = Path(args.baseline) if args.baseline else baseline_path(args.results, args.preset)
     with tempfile.TemporaryDirectory(prefix="s2d-regress-") as tmp:
         work = Path(args.work) if args.work else Path(tmp)
         result = run_regression(
@@ -234,7 +229,7 @@ def cmd_regress(args: argparse.Namespace) -> int:
             update=args.update_baseline,
             variants=_csv(args.variants),
             seeds=_seeds(args.seeds),
-            cache_root=args.cache_root,
+            cache_root=args.cache,
             progress=_progress(args),
             jobs=args.jobs if args.jobs == "auto" else parse_jobs(args.jobs, []),
         )
@@ -259,7 +254,7 @@ def cmd_regress(args: argparse.Namespace) -> int:
 
 # -- registration ------------------------------------------------------------------------------
 def _common_run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--cache-root", help="shared cache (data, tiny LM; default: OUT/cache)")
+    add_cache(p, "data, tokenizers, tiny LMs, reference labels", "RESULTS/cache", "--cache-root")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument(
         "overrides", nargs="*", metavar="key=value", help="config overrides for every run"
@@ -267,11 +262,11 @@ def _common_run_args(p: argparse.ArgumentParser) -> None:
 
 
 def _jobs_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--jobs",
+    add_jobs(
+        p,
+        "runs at a time, each in its own process; 'auto': one per GPU (each worker pinned to its "
+        "device), else CPU cores / train.num_threads, at most 4",
         default="auto",
-        help="runs at a time, each in its own process; 'auto': one per GPU (each worker pinned "
-        "to its device), else CPU cores / train.num_threads, at most 4 (default: %(default)s)",
     )
 
 
@@ -305,22 +300,29 @@ def parse_jobs(text: str, specs) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("ablate", help="run a variant x seed grid, then write the reports")
-    p.add_argument(
-        "--preset", default="default", help="preset name or YAML path (default: %(default)s)"
+    p = command(
+        sub,
+        "ablate",
+        help="run a variant x seed grid, then write the reports",
+        example=[
+            "s2d-align ablate --preset smoke --variants sft,s2d --seeds 0,1 --jobs 2 "
+            "--results results/smoke",
+            "s2d-align ablate --preset smoke --dry-run   # the plan and a time estimate",
+        ],
     )
+    p.add_argument("--preset", default="default", help="preset name or YAML path")
     p.add_argument(
         "--variants",
-        help="comma-separated variants (default: every file in ablations/variants/, by 'order:')",
+        help="comma-separated variants (default: every file in s2d_align/ablations/variants/, by 'order:')",
     )
-    p.add_argument(
-        "--seeds", default=DEFAULT_SEEDS, help="comma-separated seeds (default: %(default)s)"
-    )
+    p.add_argument("--seeds", default=DEFAULT_SEEDS, help="comma-separated seeds")
     add_store_args(p)
     p.add_argument(
         "--reports",
-        help=f"reports directory (default: {DEFAULT_REPORTS}/ for the default store; OUT/reports "
-        "when --out or --storage name another store, so its reports stay beside its results)",
+        metavar="DIR",
+        help=f"reports directory (default: {DEFAULT_REPORTS}/ for the default store; "
+        "RESULTS/reports when --results or --storage name another store, so its reports stay "
+        "beside its results)",
     )
     p.add_argument("--dry-run", action="store_true", help="print the plan with a time estimate")
     p.add_argument(
@@ -331,49 +333,92 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--claim-timeout",
         default="6h",
+        metavar="DURATION",
         help="a run claimed by a process on another host that has shown no sign of life for "
         "this long (seconds, or e.g. 90m, 6h) is taken over; a dead process on this host is "
-        "taken over at once (default: %(default)s)",
+        "taken over at once",
     )
     _jobs_arg(p)
     _common_run_args(p)
     p.set_defaults(handler=cmd_ablate)
 
-    p = sub.add_parser("sweep", help="Optuna sweep over a space in ablations/sweeps (val only)")
-    p.add_argument("--preset", required=True)
-    p.add_argument("--space", required=True, help="space name or YAML path")
-    p.add_argument("--trials", type=int, required=True, help="new trials to run (over all workers)")
-    p.add_argument("--workers", type=int, default=1, help="worker processes sharing the study")
+    p = command(
+        sub,
+        "sweep",
+        help="Optuna sweep over a space in s2d_align/ablations/sweeps (val only)",
+        example="s2d-align sweep --preset default --space memory --trials 12 --jobs 2",
+    )
+    p.add_argument("--preset", required=True, help="preset name or YAML path")
+    p.add_argument(
+        "--space", required=True, help="space name (s2d_align/ablations/sweeps) or YAML path"
+    )
+    p.add_argument(
+        "--trials", type=int, required=True, help="new Optuna trials to run (over all jobs)"
+    )
+    add_jobs(p, "worker processes sharing the study", "--workers", type=int, default=1)
     p.add_argument("--study", help="study name (default: PRESET.SPACE.vVERSION)")
-    p.add_argument("--export", help="folder for the best-parameters variant YAML")
+    p.add_argument(
+        "--export",
+        metavar="DIR",
+        help="folder for the best-parameters variant YAML (default: RESULTS/sweeps/STUDY)",
+    )
     add_store_args(p)
     _common_run_args(p)
     p.set_defaults(handler=cmd_sweep)
 
-    p = sub.add_parser(
+    p = command(
+        sub,
         "report",
         help="rebuild tables and figures from the results store",
         description="Rebuild the tables and figures of every preset the store holds (opened "
-        "read-only); the index keeps the entries of presets already under OUT.",
+        "read-only); the index keeps the entries of presets already under --reports. "
+        "--results also takes a bundle file (`results bundle`).",
+        example=[
+            "s2d-align report --results results/mimic --reports reports/mimic",
+            "s2d-align report --results default.bundle.jsonl.gz --reports reports",
+        ],
     )
-    p.add_argument(
-        "--out", default=DEFAULT_REPORTS, help="reports directory (default: %(default)s)"
+    option(
+        p,
+        "--reports",
+        "--out",
+        default=DEFAULT_REPORTS,
+        metavar="DIR",
+        help="reports directory to write",
     )
-    p.add_argument("--results", default=DEFAULT_RESULTS, help="results directory holding s2d.db")
-    p.add_argument("--storage", help="database URL (default: sqlite:///RESULTS/s2d.db)")
+    add_store_args(p, old=())  # --out was always the reports here
     p.set_defaults(handler=cmd_report)
 
-    p = sub.add_parser("regress", help="rerun the smoke grid and compare with the baseline")
-    p.add_argument("--preset", default="smoke")
+    p = command(
+        sub,
+        "regress",
+        help="rerun the smoke grid and compare with the baseline",
+        example=[
+            "s2d-align regress --preset smoke",
+            "s2d-align regress --preset smoke --update-baseline   # then commit the baseline",
+        ],
+    )
+    p.add_argument("--preset", default="smoke", help="preset name or YAML path")
     p.add_argument("--update-baseline", action="store_true", help="write the baseline instead")
-    p.add_argument("--baseline", help="baseline JSON (default: OUT/baselines/PRESET.json)")
+    p.add_argument(
+        "--baseline", metavar="FILE", help="baseline JSON (default: RESULTS/baselines/PRESET.json)"
+    )
     p.add_argument("--variants", help="comma-separated variants (default: the baseline's)")
     p.add_argument("--seeds", help="comma-separated seeds (default: the baseline's)")
-    p.add_argument("--out", default=DEFAULT_RESULTS, help="results directory holding baselines/")
-    p.add_argument("--work", help="keep the rerun's runs and store here (default: a temp dir)")
-    p.add_argument("--cache-root", help="reuse a cache (default: fresh, so nothing is reused)")
+    option(
+        p,
+        "--results",
+        "--out",
+        default=DEFAULT_RESULTS,
+        metavar="DIR",
+        help="results directory holding baselines/",
+    )
+    p.add_argument(
+        "--work", metavar="DIR", help="keep the rerun's runs and store here (default: a temp dir)"
+    )
+    add_cache(p, "data and tiny LMs", "a fresh one, so nothing is reused", "--cache-root")
     _jobs_arg(p)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(handler=cmd_regress)
 
     harness_results.register(sub)

@@ -9,7 +9,12 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
+from s2d_align.cli.vocab import command, option
 from s2d_align.errors import ConfigError
+
+DEFAULT_RESULTS = "results"
+#: Run statuses in the store (``results list --status``).
+STATUSES = ("created", "trained", "complete", "failed", "pruned")
 
 
 def console() -> Console:
@@ -24,7 +29,7 @@ def _secs(value: float | None) -> str:
 def _store(args: argparse.Namespace):
     from s2d_align.harness.store import Store
 
-    return Store.open_readonly(args.storage, args.out)  # reading never creates or changes it
+    return Store.open_readonly(args.storage, args.results)  # reading never creates or changes it
 
 
 def _iso(value) -> str | None:
@@ -41,6 +46,21 @@ def _run_json(r) -> dict:
         "generate_wall_s": r.generate_wall_s, "score_wall_s": r.score_wall_s, "error": r.error,
         "created_at": _iso(r.created_at), "finished_at": _iso(r.finished_at),
     }  # fmt: skip
+
+
+def add_store_args(p: argparse.ArgumentParser, old: tuple[str, ...] = ("--out",)) -> None:
+    """``--results DIR`` (deprecated spellings ``old``) and ``--storage URL``."""
+    option(
+        p,
+        "--results",
+        *old,
+        default=DEFAULT_RESULTS,
+        metavar="DIR",
+        help="results directory: its store RESULTS/s2d.db and its runs/",
+    )
+    p.add_argument(
+        "--storage", metavar="URL", help="database URL (default: sqlite:///RESULTS/s2d.db)"
+    )
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -188,47 +208,138 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bundle(args: argparse.Namespace) -> int:
+    from s2d_align.harness.bundle import write_bundle
+    from s2d_align.harness.store import sqlite_path, storage_url
+    from s2d_align.utils.io import check_output_path
+
+    db = sqlite_path(storage_url(args.storage, args.results))
+    check_output_path(args.out, {"--results/--storage": db})
+    done = write_bundle(args.storage, args.results, args.out)
+    what = "wrote" if done.changed else "unchanged:"
+    print(f"{what} {done.path} ({sum(done.rows.values())} rows in {len(done.rows)} tables, "
+          f"{done.size / 1e6:.2f} MB)", file=sys.stderr)  # fmt: skip
+    return 0
+
+
+def cmd_unbundle(args: argparse.Namespace) -> int:
+    from s2d_align.harness.bundle import unbundle
+
+    path = unbundle(args.inp, args.results)
+    print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("results", help="list, show and compare runs in the results store")
-    group = parser.add_subparsers(dest="results_command", metavar="RESULTS_COMMAND", required=True)
+    parser = command(
+        sub,
+        "results",
+        help="list, show, compare, export and bundle runs in the results store",
+        example=[
+            "s2d-align results list --status complete --results results",
+            "s2d-align results show RUN_ID --json",
+        ],
+    )
+    group = parser.add_subparsers(
+        dest="results_command", metavar="RESULTS_COMMAND", required=True, help="what to do"
+    )
 
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--out", default="results", help="results directory (default: %(default)s)")
-        p.add_argument("--storage", help="database URL (default: sqlite:///OUT/s2d.db)")
-
-    p = group.add_parser("list", help="runs with status, steps, tokens and timings")
-    common(p)
-    p.add_argument("--preset")
-    p.add_argument("--status")
-    p.add_argument("--purpose", choices=["ablate", "sweep", "regress"])
+    p = command(
+        group,
+        "list",
+        help="runs with status, steps, tokens and timings",
+        example="s2d-align results list --preset smoke --status failed",
+    )
+    add_store_args(p)
+    p.add_argument("--preset", help="only runs of this preset (default: all)")
+    p.add_argument("--status", choices=STATUSES, help="only runs with this status (default: all)")
+    p.add_argument(
+        "--purpose",
+        choices=["ablate", "sweep", "regress"],
+        help="only runs made for this (default: all)",
+    )
     p.add_argument("--json", action="store_true", help="print the runs as a JSON list")
     p.set_defaults(handler=cmd_list)
 
-    p = group.add_parser("show", help="one run: provenance, metrics with CIs, signatures")
-    common(p)
-    p.add_argument("run")
+    p = command(
+        group,
+        "show",
+        help="one run: provenance, metrics with CIs, signatures",
+        example="s2d-align results show default.s2d.v1.s0 --all",
+    )
+    add_store_args(p)
+    p.add_argument("run", metavar="RUN_ID", help="run id (see `results list`)")
     p.add_argument("--all", action="store_true", help="include per-observation CE F1")
     p.add_argument("--json", action="store_true", help="print the run and its metrics as JSON")
     p.set_defaults(handler=cmd_show)
 
-    p = group.add_parser("compare", help="two runs side by side with paired tests")
-    common(p)
-    p.add_argument("run_a")
-    p.add_argument("run_b")
-    p.add_argument("--split", default="test", choices=["val", "test"])
-    p.add_argument("--resamples", type=int, default=10_000)
+    p = command(
+        group,
+        "compare",
+        help="two runs side by side with paired tests",
+        example="s2d-align results compare default.sft.v1.s0 default.s2d.v1.s0 --split test",
+    )
+    add_store_args(p)
+    p.add_argument("run_a", metavar="RUN_A", help="run id of A")
+    p.add_argument("run_b", metavar="RUN_B", help="run id of B")
+    p.add_argument("--split", default="test", choices=["val", "test"], help="split to compare")
+    p.add_argument(
+        "--resamples",
+        type=int,
+        default=10_000,
+        metavar="N",
+        help="approximate-randomisation trials of the paired test",
+    )
     p.add_argument("--all", action="store_true", help="include per-observation CE F1")
     p.set_defaults(handler=cmd_compare)
 
-    p = group.add_parser(
-        "export", help="metrics (or per-sample scores) as a CSV, Parquet or JSONL file"
+    p = command(
+        group,
+        "export",
+        help="metrics (or per-sample scores) as a CSV, Parquet or JSONL file",
+        example="s2d-align results export --format csv --out metrics.csv --results results",
     )
-    p.add_argument("--results", default="results", help="results directory (default: %(default)s)")
-    p.add_argument("--storage", help="database URL (default: sqlite:///RESULTS/s2d.db)")
-    p.add_argument("--out", required=True, help="output file")
-    p.add_argument("--format", required=True, choices=["csv", "parquet", "jsonl"])
+    add_store_args(p, old=())
+    p.add_argument("--out", required=True, metavar="FILE", help="file to write")
+    p.add_argument(
+        "--format", required=True, choices=["csv", "parquet", "jsonl"], help="file format"
+    )
     p.add_argument(
         "--per-sample", action="store_true", help="one row per sample score, not per metric"
     )
-    p.add_argument("--run", action="append", default=[], help="export only this run (repeatable)")
+    p.add_argument(
+        "--run",
+        action="append",
+        default=[],
+        metavar="RUN_ID",
+        help="export only this run (repeatable; default: every run)",
+    )
     p.set_defaults(handler=cmd_export)
+
+    p = command(
+        group,
+        "bundle",
+        help="the whole store as one small deterministic file that `report --results` reads",
+        example=[
+            "s2d-align results bundle --results results --out default.bundle.jsonl.gz",
+            "s2d-align report --results default.bundle.jsonl.gz --reports reports",
+        ],
+    )
+    add_store_args(p, old=())
+    p.add_argument("--out", required=True, metavar="FILE", help="bundle file to write (.jsonl.gz)")
+    p.set_defaults(handler=cmd_bundle)
+
+    p = command(
+        group,
+        "unbundle",
+        help="rebuild a results store from a bundle file",
+        example="s2d-align results unbundle --in default.bundle.jsonl.gz --results restored",
+    )
+    p.add_argument("--in", dest="inp", required=True, metavar="FILE", help="bundle file to read")
+    p.add_argument(
+        "--results",
+        required=True,
+        metavar="DIR",
+        help="results folder to create the store RESULTS/s2d.db in (must hold none yet)",
+    )
+    p.set_defaults(handler=cmd_unbundle)

@@ -8,6 +8,7 @@ library and print.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
@@ -16,23 +17,44 @@ import traceback
 from collections.abc import Sequence
 
 from s2d_align import __version__
+from s2d_align.cli.vocab import HelpFormatter, Parser, fail
 from s2d_align.errors import S2DError
 
 #: Modules under ``s2d_align.cli`` that register commands, in help order.
 COMMAND_MODULES = ("data", "evaluate", "train", "harness", "config")
 
+EPILOG = """\
+flags: --run a run folder, --results a results directory (its store), --reports a reports
+directory, --data-dir a dataset folder, --out the file a command writes, --cache (or $S2D_CACHE)
+the shared cache, --jobs processes at a time, --resamples randomisation trials.
+
+examples:
+  s2d-align data synth --data-dir data/synth
+  s2d-align ablate --preset smoke --jobs 2
+  s2d-align results list --status complete
+  s2d-align config show --preset smoke --variant s2d train.lr=0.001"""
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="s2d-align",
         description="S2D-Align suite: data, training, generation, scoring and ablations for RRG.",
+        epilog=EPILOG,
+        formatter_class=HelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {__version__}", help="print the version"
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument(
         "--debug", action="store_true", help="show the full traceback when a command fails"
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(
+        dest="command",
+        metavar="COMMAND",
+        required=True,
+        help="'s2d-align COMMAND --help' for its flags",
+    )
     for name in COMMAND_MODULES:
         try:
             module = importlib.import_module(f"s2d_align.cli.{name}")
@@ -54,9 +76,18 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.
     if extra:
         stray = [t for t in extra if t.startswith("-") or "=" not in t]
         if stray or not isinstance(getattr(args, "overrides", None), list):
-            parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+            # one line naming the innermost command (argparse: usage + error on two lines)
+            fail(
+                getattr(args, "_prog", parser.prog),
+                f"unrecognized arguments: {' '.join(stray or extra)}",
+            )
         args.overrides = [*args.overrides, *extra]
     return args
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """``argv`` parsed as ``main`` parses it (deprecated flags warn; usage errors exit 2)."""
+    return _parse(build_parser(), list(argv))
 
 
 def _one_line(exc: BaseException) -> str:
@@ -85,6 +116,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `s2d-align ... | head`: the reader left, nothing went wrong here
+        with contextlib.suppress(OSError, ValueError):  # no real stdout (captured): nothing to do
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as exc:  # the CLI boundary: one line, never a traceback
         if args.debug:
             traceback.print_exc(file=sys.stderr)

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from s2d_align.cli.vocab import CACHE_ENV, add_cache, command, env_cache, option
 from s2d_align.config import load_config
 from s2d_align.errors import ConfigError
 
@@ -37,9 +38,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from s2d_align.training.run_dir import check_run_folder
 
     cfg, variant = _variant_config(args)
-    out = Path(args.out) if args.out else _default_out(args.preset, variant, cfg.seed)
+    out = Path(args.run) if args.run else _default_out(args.preset, variant, cfg.seed)
     check_run_folder(out)  # never write into a user's folder
-    cache = Path(args.cache) if args.cache else None
+    cache = args.cache or env_cache()
     result = run_training(cfg, out, progress=_progress(args), cache_root=cache)
     resumed = f" (resumed at step {result.resumed_from_step})" if result.resumed_from_step else ""
     print(
@@ -53,7 +54,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     from s2d_align.inference.generate import generate_for_images, generate_split
 
-    cache = Path(args.cache) if args.cache else None
+    cache = args.cache or env_cache()
     if args.image:
         if args.split or args.out:
             raise ConfigError("generate: --image cannot be combined with --split or --out")
@@ -74,26 +75,54 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train one run (all stages) into a run folder")
-    p.add_argument("--preset", required=True, help="preset name (ablations/presets) or YAML path")
+    p = command(
+        sub,
+        "train",
+        help="train one run (all stages) into a run folder",
+        example=[
+            "s2d-align train --preset smoke --variant s2d --seed 0 --run runs/s2d.s0 "
+            "train.lr=0.001",
+            "(the same command again resumes from the last checkpoint)",
+        ],
+    )
+    p.add_argument(
+        "--preset", required=True, help="preset name (s2d_align/ablations/presets) or YAML path"
+    )
     p.add_argument(
         "--variant",
-        help="variant name (ablations/variants) or YAML path; default: the preset as is",
+        help="variant name (s2d_align/ablations/variants) or YAML path (default: the preset as is)",
     )
     p.add_argument("--seed", type=int, help="training seed (default: the preset's)")
-    p.add_argument("--out", help="run folder (default: results/runs/PRESET.VARIANT.sSEED)")
-    p.add_argument(
-        "--cache",
-        help="shared cache for data, tokenizers, tiny LMs (default: $S2D_CACHE or ~/.cache/s2d-align)",
+    option(
+        p,
+        "--run",
+        "--out",
+        metavar="DIR",
+        help="run folder to write or resume (default: results/runs/PRESET.VARIANT.sSEED)",
     )
+    add_cache(p, "data, tokenizers and tiny LMs", f"${CACHE_ENV}, else ~/.cache/s2d-align")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     p.set_defaults(handler=cmd_train)
 
-    p = sub.add_parser("generate", help="generate reports with a trained run")
-    p.add_argument("--run", required=True, help="run folder written by `train`")
-    p.add_argument("--split", help="split to generate (default: test)")
-    p.add_argument("--out", help="predictions JSONL ({id, prediction, reference_ids, keyphrases})")
+    p = command(
+        sub,
+        "generate",
+        help="generate reports with a trained run",
+        example=[
+            "s2d-align generate --run runs/s2d.s0 --split test --out pred.jsonl",
+            "s2d-align generate --run runs/s2d.s0 --image frontal.png --image lateral.png",
+        ],
+    )
+    p.add_argument("--run", required=True, metavar="DIR", help="run folder written by `train`")
+    p.add_argument(
+        "--split", choices=("train", "val", "test"), help="split to generate (default: test)"
+    )
+    p.add_argument(
+        "--out",
+        metavar="PRED.jsonl",
+        help="predictions JSONL to write ({id, prediction, reference_ids, keyphrases})",
+    )
     p.add_argument(
         "--image", action="append", help="image of a new study (repeat for several views)"
     )
@@ -108,6 +137,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         ],
         help="what the prompt holds (default: the run's inference.context)",
     )
-    p.add_argument("--cache", help="shared cache (as for train)")
+    add_cache(p, "data and tokenizers", f"${CACHE_ENV}, else ~/.cache/s2d-align")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(handler=cmd_generate)

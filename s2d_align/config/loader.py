@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -26,6 +27,9 @@ T = TypeVar("T")
 EXTENDS_KEY = "extends"
 #: Top-level key whose list items a variant layer matches by ``name`` (see :func:`merge_stages`).
 STAGES_KEY = "stages"
+
+#: A number in scientific notation that YAML 1.1 leaves as a string (``1e-3``, ``5E+2``).
+_SCIENTIFIC = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
 
 
 def _type_name(tp: Any) -> str:
@@ -95,6 +99,9 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             for k, v in value.items()
         }
     if tp is float:
+        if isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
+            # YAML 1.1 reads "1e-3" (no dot) as a string; every user writes lr that way
+            return float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: value {value!r} is not of type float")
         return float(value)
@@ -183,6 +190,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: malformed YAML: {' '.join(str(exc).split())}") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except RecursionError:  # PyYAML recurses once per nesting level
+        raise ConfigError(f"{path}: YAML nested too deeply to be a config") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -1,6 +1,6 @@
 """The one typed config tree. Every open choice of the paper is a field here with a default.
 
-Presets (``ablations/presets/*.yaml``) and variants (``ablations/variants/*.yaml``) are partial
+Presets (``s2d_align/ablations/presets/*.yaml``) and variants (``.../variants/*.yaml``) are partial
 mappings over this tree; ``load_config`` merges them and validates the result.
 """
 
@@ -268,9 +268,16 @@ class TrainConfig:
     # CPU run several times faster with 1 thread than with 2 that fight over busy cores.
     num_threads: int = 0
     num_workers: int = 0  # DataLoader worker processes decoding images (0 = in the main process)
+    # Experiment trackers fed besides train_log.jsonl (s2d_align.training.tracking); each needs
+    # its optional extra. Not part of the run's identity: config_hash leaves it out.
+    report_to: tuple[Literal["tensorboard", "mlflow"], ...] = ()
 
     def __post_init__(self) -> None:
         _check(self.total_steps >= 1, "train.total_steps must be >= 1")
+        _check(
+            len(set(self.report_to)) == len(self.report_to),
+            f"train.report_to lists a tracker twice: {list(self.report_to)}",
+        )
         # torch would only fail at the first step, with a traceback that names no key
         _check(0 < self.lr < float("inf"), f"train.lr must be a positive number, got {self.lr!r}")
         _check(self.batch_size >= 1 and self.grad_accum >= 1, "train.batch_size/grad_accum >= 1")

@@ -153,6 +153,23 @@ class TrainLog(Base):
     rows: Mapped[list[Any]] = mapped_column(JSON)
 
 
+class ValScore(Base):
+    """One val metric scored during training (``train.eval_every``): (run, step, metric).
+
+    A table of its own keeps older stores readable: ``create_all`` adds it to a store opened for
+    writing, and a store opened read-only without it simply has no validation curves.
+    """
+
+    __tablename__ = "s2d_val_scores"
+    __table_args__ = (UniqueConstraint("run_id", "step", "name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("s2d_runs.id", ondelete="CASCADE"), index=True)
+    step: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(120))
+    value: Mapped[float] = mapped_column(Float)
+
+
 class RunClaim(Base):
     """Who is working on a run right now: at most one owner per run id (the primary key).
 

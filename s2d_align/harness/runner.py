@@ -394,6 +394,11 @@ class Runner:
 
             directions = {name: higher_is_better(name) for name in diag}
             self.store.record_metrics(spec.run_id, split, diag, higher_is_better=directions)
+        from s2d_align.training.tracking import open_tracking
+
+        final = {name: float(m.value) for name, m in scored.report.metrics.items()} | diag
+        with open_tracking(spec.config, run_dir) as tracking:  # train.report_to
+            tracking.log_final(final, step=spec.config.train.total_steps, prefix=split)
         return wall
 
     def _image_dependence(
@@ -567,6 +572,13 @@ class _ValScoringHooks:
         metrics = {name: float(m.value) for name, m in scored.report.metrics.items()}
         log.info("%s: step %d val %s", self.spec.run_id, step,
                  ", ".join(f"{k} {v:.4f}" for k, v in list(metrics.items())[:6]))  # fmt: skip
+        # kept per step for the report's validation curves; a resumed run replaces the step's
+        self.runner.store.record_val_scores(self.spec.run_id, step, metrics)
+        from s2d_align.training.tracking import open_tracking
+
+        run_dir = self.spec.run_dir(self.runner.results_dir)
+        with open_tracking(self.spec.config, run_dir) as tracking:  # train.report_to
+            tracking.log_metrics(metrics, step=step, prefix="val")
         self.inner.intermediate(step, metrics)
 
 

@@ -1,4 +1,4 @@
-"""Sweep search spaces as data: ``ablations/sweeps/NAME.yaml``.
+"""Sweep search spaces as data: ``s2d_align/ablations/sweeps/NAME.yaml``.
 
 A space names a base variant, the validation metric to optimise, pruning settings, and
 parameters, each a dotted key into the config tree (list items by index, e.g.

@@ -2,8 +2,9 @@
 
 Everything a report needs lives here, so tables and figures are pure functions of the store:
 runs (config, commit, environment, timings, tokens seen), metrics with CIs, per-sample scores,
-protocol signatures, predictions, references, per-step training logs, and the log of every test
-evaluation (the test-set lock). Optuna studies share the same URL (their own tables).
+protocol signatures, predictions, references, per-step training logs, val metrics scored during
+training, and the log of every test evaluation (the test-set lock). Optuna studies share the
+same URL (their own tables).
 
 Table names carry an ``s2d_`` prefix so they never collide with Optuna's.
 """
@@ -17,7 +18,7 @@ from typing import Any
 
 from sqlalchemy import create_engine, delete, event, select, update
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from s2d_align.errors import ConfigError
@@ -33,6 +34,7 @@ from s2d_align.harness.records import (
     SampleScore,
     TestEvaluation,
     TrainLog,
+    ValScore,
     now,
 )
 
@@ -104,7 +106,7 @@ class Store:
                 if blocker is not None:
                     raise ConfigError(f"{blocker} is a file, not a results folder")
                 raise ConfigError(
-                    f"no results store at {path} (give --out or --storage of an existing store)"
+                    f"no results store at {path} (give --results or --storage of an existing store)"
                 )
             if not path.is_file():
                 raise ConfigError(f"{path} is a directory, not a results store (an SQLite file)")
@@ -203,7 +205,7 @@ class Store:
 
     def delete_run(self, run_id: str) -> None:
         with self.session() as s, s.begin():
-            for table in (Metric, SampleScore, Evaluation, Prediction):
+            for table in (Metric, SampleScore, Evaluation, Prediction, ValScore):
                 s.execute(delete(table).where(table.run_id == run_id))
             s.execute(delete(TrainLog).where(TrainLog.run_id == run_id))
             s.execute(delete(Run).where(Run.id == run_id))
@@ -299,6 +301,31 @@ class Store:
         with self.session() as s:
             log = s.get(TrainLog, run_id)
             return list(log.rows) if log is not None else []
+
+    def record_val_scores(self, run_id: str, step: int, values: Mapping[str, float]) -> None:
+        """Store the val metrics scored at ``step`` during training (``train.eval_every``),
+        replacing any recorded for that step before (a resumed run scores it again)."""
+        with self.session() as s, s.begin():
+            s.execute(delete(ValScore).where(ValScore.run_id == run_id, ValScore.step == step))
+            s.add_all(
+                ValScore(run_id=run_id, step=int(step), name=name, value=float(value))
+                for name, value in values.items()
+            )
+
+    def val_curve(self, run_id: str) -> list[dict]:
+        """``{"step", "metric", "value"}`` rows of the val metrics scored during training, by
+        step then metric; [] when none were (and for stores from before they were kept)."""
+        from sqlalchemy import inspect
+
+        if not inspect(self.engine).has_table(ValScore.__tablename__):
+            return []  # an older store opened read-only: nothing to create, nothing to show
+        query = (
+            select(ValScore.step, ValScore.name, ValScore.value)
+            .where(ValScore.run_id == run_id)
+            .order_by(ValScore.step, ValScore.name)
+        )
+        with self.session() as s:
+            return [{"step": st, "metric": n, "value": v} for st, n, v in s.execute(query)]
 
     # -- predictions and references ------------------------------------------------------------
     def record_predictions(
@@ -578,13 +605,17 @@ class Store:
 
 
 def _create_tables(engine: Engine) -> None:
-    """``create_all``, tolerating another process that creates the same tables at the moment."""
-    for attempt in range(3):
+    """``create_all``, tolerating another process that creates the same tables at the moment.
+
+    SQLite reports the race as an OperationalError; PostgreSQL as a DuplicateTable or, while the
+    other transaction commits, a unique violation on its catalog (``pg_type``): both say
+    "already exists", and the next attempt finds the tables and creates nothing."""
+    for attempt in range(5):
         try:
             Base.metadata.create_all(engine)
             return
-        except OperationalError as exc:
-            if "already exists" not in str(exc) or attempt == 2:
+        except DBAPIError as exc:
+            if "already exists" not in str(exc) or attempt == 4:
                 raise
 
 

@@ -1,4 +1,4 @@
-"""Optuna sweeps over a space from ``ablations/sweeps/``: TPE, median pruning, val-only objective.
+"""Optuna sweeps over a space from ``s2d_align/ablations/sweeps/``: TPE, median pruning, val-only objective.
 
 Each trial is one run of the base variant with the trial's parameters as overrides, recorded in
 the results store like any other run (purpose ``sweep``, splits ``val`` only) and linked to the
@@ -183,11 +183,12 @@ def prepare_caches(job: SweepJob, progress: bool = False) -> None:
 def run_sweep(job: SweepJob, trials: int, workers: int = 1, progress: bool = True) -> optuna.Study:
     """Run ``trials`` new trials over ``workers`` processes sharing the job's storage."""
     if trials < 1 or workers < 1:
-        raise ConfigError("--trials and --workers must be >= 1")
+        raise ConfigError("--trials and --jobs must be >= 1")
     workers = min(workers, trials)
     Path(job.results_dir).mkdir(parents=True, exist_ok=True)
     Store(job.storage_url).close()  # create the results tables once, before workers race to
     study = create_study(job)  # the same for the study
+    study.set_user_attr("objective", job.space.metric)  # the sweep report's axis label
     if workers == 1:
         _run_worker(job, trials, 0, progress)
         return study

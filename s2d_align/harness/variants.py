@@ -1,4 +1,4 @@
-"""Ablation variants as data: ``ablations/variants/NAME.yaml``.
+"""Ablation variants as data: ``s2d_align/ablations/variants/NAME.yaml``.
 
 A variant is a named, versioned partial mapping over the config tree (``overrides``) applied on
 top of a preset, and it says only what it changes:
@@ -109,7 +109,7 @@ class Variant:
 
 # ------------------------------------------------------------------------------- the folder
 def variants_dir() -> Path:
-    """``$S2D_VARIANTS``, else ``ablations/variants``."""
+    """``$S2D_VARIANTS``, else ``variants/`` of ``find_ablations_dir()``."""
     env = os.environ.get(VARIANTS_ENV)
     return Path(env) if env else find_ablations_dir() / "variants"
 
@@ -303,7 +303,7 @@ def _load(path: Path, seen: tuple[Path, ...]) -> Variant:
 
 
 def load_variant(name_or_path: str | Path) -> Variant:
-    """Load ``ablations/variants/NAME.yaml`` (or a YAML path), following ``extends``, and
+    """Load ``variants/NAME.yaml`` (or a YAML path), following ``extends``, and
     validate it against the tree."""
     return _load(_resolve_path(name_or_path), ())
 

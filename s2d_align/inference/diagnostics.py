@@ -10,9 +10,15 @@ language priors alone, or copy its retrieved reference. These measurements look 
   run's scorer; the drop of the CE headline is the dependence on the visual tokens. A model that
   copies its (image-retrieved) reference can score near 0 here: that is what it measures.
 - **finding AUROC** (:func:`finding_scores`, :func:`finding_auroc`): for each CheXpert
-  observation, the teacher-forced mean log-likelihood of a canonical positive sentence
-  (:data:`FINDING_SENTENCES`) after the study's image and the ``image`` context prompt, ranked
-  against the reference report's label. 0.5 is a model whose belief ignores the image.
+  observation, a score per study ranked against the reference report's label (0.5: a belief
+  that ignores the image). The score is the teacher-forced mean log-likelihood per token of the
+  observation's commonest positive train sentences, opening the report after the study's image
+  and the ``image`` context prompt, minus that of its commonest negative ones (minus every other
+  observation's negative sentences when the train reports never negate it). The sentences are the data's own
+  wording, labelled by the run's labeler (:mod:`s2d_align.inference.finding_sentences`): a
+  hand-written sentence off the training distribution measures the wording, not the belief.
+  An observation no train sentence states on its own falls back to :data:`FINDING_SENTENCES`.
+  The image and prompt are run once per batch; each sentence then reads their KV cache.
 - **memory gate and alignment** (:func:`train_log_diagnostics`): ``tanh(g)`` at each stage end,
   and the alignment (InfoNCE) loss at the end of each stage divided by its chance level log(B).
 - **retrieval label precision** (:func:`retrieval_label_precision`): do retrieved reference
@@ -37,6 +43,11 @@ from s2d_align.chexpert import OBSERVATIONS
 from s2d_align.errors import ConfigError, DataError
 from s2d_align.evaluation import ce
 from s2d_align.evaluation.stats import auroc
+from s2d_align.inference.finding_sentences import (
+    FINDING_SENTENCES,
+    FindingSentences,
+    train_finding_sentences,
+)
 
 if TYPE_CHECKING:
     from s2d_align.training.data import Item, StudyDataset
@@ -50,26 +61,8 @@ PERMUTATION_SEED = 0
 MAPPING = "u0"
 #: Alignment loss averaged over this many last steps of a stage.
 ALIGN_LAST_STEPS = 10
-
-#: One plain, side-neutral positive sentence per observation (checked against the rules labeler
-#: in the tests: each is labelled positive for its observation).
-FINDING_SENTENCES: dict[str, str] = {
-    "Enlarged Cardiomediastinum": "The cardiomediastinal silhouette is enlarged.",
-    "Cardiomegaly": "The heart is enlarged.",
-    "Lung Opacity": "There is an opacity in the lung.",
-    "Lung Lesion": "There is a pulmonary nodule.",
-    "Edema": "There is pulmonary edema.",
-    "Consolidation": "There is consolidation in the lung.",
-    "Pneumonia": "The findings are consistent with pneumonia.",
-    "Atelectasis": "There is atelectasis.",
-    "Pneumothorax": "There is a pneumothorax.",
-    "Pleural Effusion": "There is a pleural effusion.",
-    "Pleural Other": "There is pleural thickening.",
-    "Fracture": "There is a rib fracture.",
-    "Support Devices": "A support device is in place.",
-    "No Finding": "No acute cardiopulmonary abnormality.",
-}
-assert tuple(FINDING_SENTENCES) == OBSERVATIONS  # columns of finding_scores follow this order
+#: The finding sentences a run's diagnostics scored (run folder; see ``finding_sentences``).
+FINDING_SENTENCES_FILE = "finding_sentences.json"
 
 #: Diagnostics where a lower value is the desirable one (all others: higher is better).
 _LOWER_IS_BETTER = ("diag/align_vs_chance", "diag/permuted/")
@@ -136,19 +129,27 @@ def _sentence_ids(builder: PromptBuilder, sentence: str) -> list[int]:
     return ids
 
 
-def _accepts_logits_to_keep(llm: Any) -> bool:
+def _forward_parameters(llm: Any) -> frozenset[str]:
     import inspect
 
     try:
-        return "logits_to_keep" in inspect.signature(llm.forward).parameters
+        return frozenset(inspect.signature(llm.forward).parameters)
     except (TypeError, ValueError):
-        return False
+        return frozenset()
 
 
-def sentence_log_likelihoods(model: Any, batch: dict, targets: Sequence[Sequence[int]]):
+def _accepts_logits_to_keep(llm: Any) -> bool:
+    return "logits_to_keep" in _forward_parameters(llm)
+
+
+def sentence_log_likelihoods(
+    model: Any, batch: dict, targets: Sequence[Sequence[int]], *, use_cache: bool = True
+):
     """``[B, K]`` mean log-probability per token of each target sentence after each row's
     visual tokens and (left-padded generation) prompt: the training layout, labels on the
-    sentence only. One LLM pass per sentence, the image encoded once."""
+    sentence only. The image is encoded once. With ``use_cache`` the LLM runs the image and
+    prompt once and each sentence reads their KV cache (the same values up to float error);
+    without, it runs the whole sequence once per sentence."""
     import torch
 
     from s2d_align.models.sequence import assemble
@@ -161,6 +162,10 @@ def sentence_log_likelihoods(model: Any, batch: dict, targets: Sequence[Sequence
     rows = prompt.shape[0]
     keep = _accepts_logits_to_keep(model.llm)
     out = torch.empty(rows, len(targets), dtype=torch.float32)
+    if use_cache:
+        prefix = assemble(enc.tokens, enc.mask, embed(prompt), prompt_mask)
+        _cached_log_likelihoods(model.llm, prefix, targets, embed, keep, out)
+        return out
     for k, target in enumerate(targets):
         tokens = torch.tensor(list(target), dtype=torch.long, device=device).expand(rows, -1)
         n = tokens.shape[1]
@@ -181,6 +186,51 @@ def sentence_log_likelihoods(model: Any, batch: dict, targets: Sequence[Sequence
     return out
 
 
+def _cached_log_likelihoods(llm, prefix, targets, embed, keep: bool, out) -> None:
+    """Fill ``out[:, k]`` for each target from one prefix pass and its KV cache.
+
+    The prefix is left-padded, so every row's sentence starts at the same column; its positions
+    continue each row's own count (the number of real prefix tokens), and the attention mask is
+    the prefix's, extended by ones. The last prefix logit predicts a sentence's first token; the
+    sentence's tokens but its last are fed to predict the rest. Each sentence gets a copy of the
+    cache (HF's documented way to reuse a prompt cache): decoding appends to it in place."""
+    import copy
+
+    import torch
+
+    # transformers 5 renamed ``past_key_values`` to ``cache`` (the old name still works, with a
+    # deprecation message); older releases know only the old one.
+    name = "cache" if "cache" in _forward_parameters(llm) else "past_key_values"
+    extra = {"logits_to_keep": 1} if keep else {}
+    head = llm(
+        inputs_embeds=prefix.embeds,
+        attention_mask=prefix.attention_mask,
+        position_ids=prefix.position_ids,
+        use_cache=True,
+        **extra,
+    )
+    first = head.logits[:, -1].float().log_softmax(-1)  # [B, V]
+    cache = getattr(head, name)
+    rows, device = first.shape[0], prefix.embeds.device
+    start = prefix.attention_mask.sum(1, keepdim=True)  # next position of each row
+    for k, target in enumerate(targets):
+        tokens = torch.tensor(list(target), dtype=torch.long, device=device).expand(rows, -1)
+        n = tokens.shape[1]
+        total = first.gather(-1, tokens[:, :1]).squeeze(-1)
+        if n > 1:
+            fed = tokens[:, :-1]
+            logits = llm(
+                inputs_embeds=embed(fed),
+                attention_mask=torch.cat([prefix.attention_mask, torch.ones_like(fed)], dim=1),
+                position_ids=start + torch.arange(n - 1, device=device),
+                use_cache=True,
+                **{name: copy.deepcopy(cache)},
+            ).logits
+            logp = logits.float().log_softmax(-1)
+            total = total + logp.gather(-1, tokens[:, 1:, None]).squeeze(-1).sum(-1)
+        out[:, k] = (total / n).cpu()
+
+
 def finding_scores(
     model: Any,
     dataset: StudyDataset,
@@ -191,9 +241,12 @@ def finding_scores(
     sentences: Sequence[str] = tuple(FINDING_SENTENCES.values()),
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
     progress: bool = False,
+    use_cache: bool = True,
 ) -> np.ndarray:
     """``[N, K]`` teacher-forced mean log-likelihood of each sentence for each study, in the
     ``image`` context (no reference, no key phrases: the image is the only study-specific input).
+    :meth:`FindingSentences.contrast` turns the columns of its ``sentences()`` into finding
+    scores; ``use_cache``: see :func:`sentence_log_likelihoods`.
     """
     import torch
 
@@ -205,7 +258,8 @@ def finding_scores(
 
     def fn(batch: dict) -> list[np.ndarray]:
         with torch.no_grad(), autocast():
-            return list(sentence_log_likelihoods(model, batch, targets).numpy())
+            scores = sentence_log_likelihoods(model, batch, targets, use_cache=use_cache)
+            return list(scores.numpy())
 
     was_training = model.training
     model.eval()
@@ -368,6 +422,7 @@ class RunDiagnostics:
     split: str
     values: dict[str, float]  # diag/... -> value (finding AUROC, gate, alignment, retrieval)
     permuted_rows: list[dict[str, Any]]  # prediction rows with permuted images (to be scored)
+    finding_sentences: FindingSentences | None = None  # what finding AUROC scored
 
 
 def _label_texts(labeler: Any, texts: Mapping[str, str]) -> dict[str, dict]:
@@ -389,7 +444,9 @@ def run_diagnostics(
     """Every diagnostic of a finished run on ``split`` (one model load).
 
     ``labeler`` (``label(texts) -> CheXpert labels``, the run's ``eval.labeler``) labels the
-    split's reference reports and the retrieved train reports. ``context`` is the inference
+    split's reference reports, the retrieved train reports and the train sentences that finding
+    AUROC scores (chosen once per train split and labeler, cached under ``cache_root/eval``, and
+    written to the run folder as :data:`FINDING_SENTENCES_FILE`). ``context`` is the inference
     context of the predictions being diagnosed (default: the run's own). The permuted-image
     predictions are returned unscored: they are scored like the real ones by the caller.
     """
@@ -399,7 +456,7 @@ def run_diagnostics(
     from s2d_align.training.loop import LOG_FILE
     from s2d_align.training.retrieval import RETRIEVAL_DIR, load_neighbours
     from s2d_align.training.run_dir import RESULT_FILE, default_cache_root, load_run_config
-    from s2d_align.utils.io import read_json, read_jsonl
+    from s2d_align.utils.io import read_json, read_jsonl, write_json
 
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
@@ -414,19 +471,27 @@ def run_diagnostics(
             cache_root=cache_root,
             permute_images=True,
         )
-        studies = load_run_annotation(cfg, cache_root).split(split)
+        annotation = load_run_annotation(cfg, cache_root)
+        studies = annotation.split(split)
         dataset = StudyDataset(
             studies, image_size=cfg.data.image_size, max_views=cfg.data.max_views
         )
-        scores = finding_scores(
+        chosen = train_finding_sentences(
+            [s.report for s in annotation.split("train")], labeler, cache_dir=cache_root / "eval"
+        )
+        if run.dist.is_main:
+            write_json(run_dir / FINDING_SENTENCES_FILE, chosen.to_dict())
+        sentence_scores = finding_scores(
             run.model,
             dataset,
             run.builder,
             dist=run.dist,
             batch_size=cfg.inference.batch_size,
+            sentences=chosen.sentences(),
             autocast=run.autocast,
             progress=progress,
         )
+        scores = chosen.contrast(sentence_scores)
         head = {}
         if run.vocab and any(s.lambda_kp > 0 for s in cfg.stages):
             from s2d_align.inference.keyphrase_eval import evaluate_keyphrase_head
@@ -466,4 +531,6 @@ def run_diagnostics(
                 )
             ref_labels = _label_texts(labeler, {r: reports[r] for r in wanted})
             values.update(retrieval_label_precision(neighbours, study_labels, ref_labels))
-    return RunDiagnostics(split=split, values=values, permuted_rows=permuted)
+    return RunDiagnostics(
+        split=split, values=values, permuted_rows=permuted, finding_sentences=chosen
+    )

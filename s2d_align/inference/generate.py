@@ -104,7 +104,7 @@ def load_run(
     if not (run_dir / RESULT_FILE).is_file():
         raise DataError(
             f"{run_dir}: training has not finished (no {RESULT_FILE}); rerun `s2d-align train` "
-            "with the same --out to resume it"
+            "with the same --run to resume it"
         )
     dist = dist or Dist()
     tokenizer = load_run_tokenizer(run_dir, cfg)

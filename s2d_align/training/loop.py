@@ -30,6 +30,7 @@ from s2d_align.training.checkpoint import Checkpoint, RunState, save_checkpoint
 from s2d_align.training.collate import IGNORE_INDEX, StageContext, batch_to
 from s2d_align.training.data import mix_choice
 from s2d_align.training.distributed import Dist
+from s2d_align.training.tracking import Tracking
 
 LOG_FILE = "train_log.jsonl"
 _RANK = {"frozen": 0, "lora": 1, "full": 2}
@@ -190,6 +191,7 @@ class LoopEnv:
     progress: bool = True
     callbacks: Sequence[Callable[[StepInfo], None]] = field(default_factory=tuple)
     evaluate: Callable[[StagePlan], list[dict[str, Any]]] | None = None  # val rows, see StepInfo
+    tracking: Tracking | None = None  # train.report_to: mirrors every train_log.jsonl row
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.cfg.train.precision == "bf16" and self.dist.device.type == "cuda":
@@ -211,6 +213,8 @@ class LoopEnv:
         if self.dist.is_main:
             with (self.run_dir / LOG_FILE).open("a", encoding="utf-8") as fh:
                 fh.write(json.dumps(row) + "\n")
+            if self.tracking is not None:
+                self.tracking.log_step(row)
 
 
 def _loss_step(env: LoopEnv, batch: dict, ctx: StageContext) -> Any:

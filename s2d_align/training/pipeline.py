@@ -58,6 +58,7 @@ from s2d_align.training.run_dir import (
     shared_tokenizer,
     train_reports,
 )
+from s2d_align.training.tracking import Tracking, open_tracking
 from s2d_align.training.vision_init import initial_vision_state
 from s2d_align.utils.io import read_json, read_jsonl, write_json, write_jsonl
 from s2d_align.utils.seed import seed_everything
@@ -239,9 +240,14 @@ def run_training(
 
     ``callbacks`` are called after every optimizer step (after any checkpoint of that step) with
     a :class:`StepInfo`; an exception from one stops the run, which resumes on the next call.
+    ``cfg.train.report_to`` trackers get every log row and the final training metrics.
     """
     with torch_threads(cfg.train.num_threads):
-        return _run_training(cfg, Path(run_dir), progress, cache_root, callbacks, dist)
+        dist = dist or Dist()
+        with open_tracking(cfg, run_dir, enabled=dist.is_main) as tracking:
+            return _run_training(
+                cfg, Path(run_dir), progress, cache_root, callbacks, dist, tracking
+            )
 
 
 def _run_training(
@@ -251,6 +257,7 @@ def _run_training(
     cache_root: Path | None,
     callbacks: Sequence[Callable[[StepInfo], None]],
     dist: Dist | None,
+    tracking: Tracking,
 ) -> TrainResult:
     from s2d_align.models import build_model, pretrained_tiny_llm, save_adapter
 
@@ -353,7 +360,16 @@ def _run_training(
             num_workers=cfg.train.num_workers,
         )
 
-    env = LoopEnv(model, cfg, dist, run_dir, make_loader, progress=progress, callbacks=callbacks)
+    env = LoopEnv(
+        model,
+        cfg,
+        dist,
+        run_dir,
+        make_loader,
+        progress=progress,
+        callbacks=callbacks,
+        tracking=tracking,
+    )
     if cfg.train.eval_every > 0 and run.annotation.split("val"):
         env.evaluate = _IntermediateEval(run, model, builder, store, vocab, env)
     wants_refs = needs_references(cfg, plans)
@@ -440,6 +456,10 @@ def _run_training(
         )
     if dist.is_main:
         write_json(run_dir / RESULT_FILE, result.to_dict())
+    summary = ("final_loss", "samples_per_s", "train_time_s", "wall_time_s", "tokens_seen")
+    tracking.log_final(
+        {k: getattr(result, k) for k in summary}, step=state.global_step, prefix="train"
+    )
     dist.barrier()
     return result
 

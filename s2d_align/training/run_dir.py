@@ -88,7 +88,7 @@ def check_same_run(run_dir: Path, cfg: Config) -> None:
         if config_hash(saved) != config_hash(cfg):
             raise ConfigError(
                 f"{run_dir} holds a run with a different config ({run_dir / CONFIG_FILE}); "
-                "use another --out folder or delete it"
+                "use another --run folder or delete it"
             )
 
 
@@ -115,7 +115,7 @@ def check_run_folder(run_dir: Path) -> None:
     if not _written_by_train(run_dir / CONFIG_FILE):
         raise DataError(
             f"{run_dir}: folder is not empty and holds no training run (no {CONFIG_FILE} "
-            "written by train); choose another --out"
+            "written by train); choose another --run"
         )
 
 

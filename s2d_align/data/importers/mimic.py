@@ -154,7 +154,7 @@ def import_mimic(
         raise DataError(f"--root is not a folder: {root}")
     reports_root = Path(reports) if reports is not None else root
     if not reports_root.is_dir():
-        raise DataError(f"--reports is not a folder: {reports_root}")
+        raise DataError(f"--report-texts is not a folder: {reports_root}")
     csv_path = _find_split_csv(root)
     rows = _read_split_csv(csv_path)
     problems = _RowProblems(csv_path, skip_bad)

@@ -146,7 +146,7 @@ def _prepare_dir(out_dir: Path, overwrite: bool) -> None:
         ours = (out_dir / "annotation.json").exists() or (out_dir / COMPLETE_MARKER).exists()
         if not ours:
             raise DataError(
-                f"{out_dir}: folder is not empty and holds no SynthCXR output; choose another --out"
+                f"{out_dir}: folder is not empty and holds no SynthCXR output; choose another --data-dir"
             )
         if not overwrite:
             raise DataError(

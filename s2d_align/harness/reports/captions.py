@@ -22,6 +22,7 @@ from s2d_align.harness.reports.significance import (
     PROXY_REASONS,
     SEED_TRIALS,
 )
+from s2d_align.harness.reports.style import ce_definition, metric_label
 
 if TYPE_CHECKING:
     from s2d_align.harness.reports.tables import AblationTable
@@ -35,8 +36,21 @@ LATEX_NOTE = (
 )
 
 
+#: Presets whose numbers only show that the machinery runs end to end (tiny models, a handful of
+#: studies): the index lists them apart and their tables say so.
+MACHINERY_CHECKS = frozenset({"smoke"})
+#: Folders under the reports directory that hold a shipped example made on such a preset.
+EXAMPLE_DIRS = frozenset({"sweep-example"})
+MACHINERY_NOTE = (
+    "Made on the CI-sized `smoke` preset (tiny models, 16 test studies) to check that training, "
+    "generation, scoring and reporting run end to end. Its numbers are a machinery check, not "
+    "results: they say nothing about the method and must not be cited."
+)
+
+
 def short_metric(metric: str) -> str:
-    return metric.replace("ce/", "CE ").replace("/", " ")
+    """The metric's label in tables and figures (``style.metric_label``)."""
+    return metric_label(metric)
 
 
 def reference_footnotes(references: ReferenceRows, results: PresetResults, split: str) -> list[str]:
@@ -114,6 +128,9 @@ def footnotes(
     ]
     if table is not None and table.basis:
         notes.append(basis_note(table.basis))
+    definition = ce_definition(table.metrics) if table is not None else None
+    if definition:
+        notes.append(definition)
     notes.append(
         "Every variant trains for the same number of optimizer steps (compute matching); "
         "tokens seen differ with the prompt contexts."

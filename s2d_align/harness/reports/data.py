@@ -10,6 +10,7 @@ from typing import Any
 
 import pandas as pd
 
+from s2d_align.config import identity_fields
 from s2d_align.errors import ConfigError
 from s2d_align.harness.references import is_reference, order_references
 from s2d_align.harness.store import Run, Store
@@ -76,7 +77,7 @@ def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
 def setting_hash(config: dict[str, Any]) -> str:
     """Hash of a run's config without its seed: the seeds of one table row should share it."""
     blob = json.dumps(
-        {k: v for k, v in config.items() if k != "seed"},
+        {k: v for k, v in identity_fields(config).items() if k != "seed"},
         sort_keys=True,
         separators=(",", ":"),
         default=str,
@@ -98,7 +99,10 @@ def _mixed_configs(runs: list[Run]) -> tuple[dict[str, dict[str, list[int]]], di
         if len(hashes) < 2:
             continue
         mixes[variant] = {h: sorted(seeds) for h, seeds in hashes.items()}
-        flats = [_flat({k: v for k, v in (r.config or {}).items() if k != "seed"}) for r in group]
+        flats = [
+            _flat({k: v for k, v in identity_fields(r.config or {}).items() if k != "seed"})
+            for r in group
+        ]
         names = set().union(*flats)
         keys[variant] = sorted(n for n in names if len({f.get(n) for f in flats}) > 1)
     return mixes, keys

@@ -28,8 +28,9 @@ _FIXED = {
     ),
     "diag/finding_auroc": (
         "finding AUROC",
-        "macro AUROC, over observations, of the likelihood of a canonical finding sentence "
-        "against the reference label (0.5: blind to the image)",
+        "macro AUROC, over observations, of the likelihood of the train reports' commonest "
+        "sentences stating the finding minus those negating it, against the reference label "
+        "(0.5: blind to the image)",
     ),
     "diag/keyphrase_auroc": (
         "key-phrase AUROC",

@@ -1,9 +1,12 @@
-"""The qualitative panel: image, reference and generated reports with findings highlighted.
+"""The qualitative panel: image, reference and generated reports, findings coloured by their
+agreement with the reference.
 
-Sentences are coloured by what the project's clinical text analyser finds in them (positive,
-uncertain, negated finding, or nothing), so a reader sees at a glance whether a model reports
-the reference's abnormalities. Samples are chosen deterministically: the test studies whose
-reference has the most positive findings (ties by id), from the lowest-seed runs.
+A generated sentence that states a finding (positive under the project's clinical text
+analyser, uncertain counted as negative as in the CE headline) is a true positive (TP) when the
+reference states every such finding too, else a false positive (FP); below each generated
+report, the reference's findings it never states are listed as false negatives (FN). Colours
+are Okabe-Ito's, and each sentence also carries its tag, so the panel reads in grey print.
+Samples are chosen deterministically (:data:`SELECTION_RULE`, printed on the figure).
 """
 
 from __future__ import annotations
@@ -20,11 +23,19 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.transforms import offset_copy
 
-from s2d_align.harness.reports.figures import _save
+from s2d_align.harness.reports import figures
+from s2d_align.harness.reports.style import AGREEMENT, FULL_WIDTH, NEUTRAL_TEXT, paper
 
-COLOURS = {"positive": "#c0392b", "uncertain": "#d68910", "negative": "#1e8449", "none": "#222222"}
-WRAP = 46
+#: How :func:`pick_examples` chooses the studies, as the figure states it.
+SELECTION_RULE = (
+    "Studies: the {n} test studies whose reference report states the most findings (ties by "
+    "study id); each variant's report from its lowest-seed run."
+)
+FONT = 7  # pt
+LINE_PT = 8.6  # line spacing
+WRAP = 36  # characters per line in a 7 in wide panel of four columns at 7 pt
 
 
 @dataclass
@@ -39,26 +50,24 @@ def _sentences(text: str) -> list[str]:
     return [s.strip() for s in re.split(r"(?<=[.!?])\s+", text.strip()) if s.strip()]
 
 
-def sentence_status(sentence: str) -> str:
-    """positive > uncertain > negative > none, from the analyser's labels of the sentence."""
-    from s2d_align.chexpert import OBSERVATIONS
+def findings(text: str) -> set[str]:
+    """Observations the analyser finds positive in ``text`` (No Finding excluded)."""
     from s2d_align.evaluation.analyser import analyse
 
-    labels = analyse(sentence).labels
-    values = [labels.get(o) for o in OBSERVATIONS if o != "No Finding"]
-    if 1 in values:
-        return "positive"
-    if -1 in values:
-        return "uncertain"
-    if 0 in values:
-        return "negative"
-    return "none"
+    return {o for o, v in analyse(text).labels.items() if v == 1 and o != "No Finding"}
+
+
+def agreement(sentence: str, reference: set[str]) -> str | None:
+    """ "TP" when every finding the sentence states is in ``reference``, "FP" when one is not,
+    None when it states none."""
+    stated = findings(sentence)
+    if not stated:
+        return None
+    return "TP" if stated <= reference else "FP"
 
 
 def positive_count(text: str) -> int:
-    from s2d_align.evaluation.analyser import analyse
-
-    return sum(1 for o, v in analyse(text).labels.items() if v == 1 and o != "No Finding")
+    return len(findings(text))
 
 
 def pick_examples(
@@ -87,44 +96,87 @@ def _load_image(paths: Sequence[str]) -> np.ndarray | None:
     return None
 
 
-def _draw_text(ax, title: str, text: str) -> None:
-    ax.axis("off")
-    ax.text(0, 1, title, fontsize=8, fontweight="bold", va="top", transform=ax.transAxes)
-    y = 0.9
+def _lines(text: str, reference: set[str] | None) -> list[tuple[str, str]]:
+    """(line, colour) of a report: each sentence wrapped, tagged and coloured by its agreement
+    with ``reference`` (None: the reference column, findings in black, the rest grey)."""
+    out = []
     for sentence in _sentences(text) or ["(empty)"]:
-        colour = COLOURS[sentence_status(sentence)]
-        for line in textwrap.wrap(sentence, WRAP) or [""]:
-            ax.text(0, y, line, fontsize=6.5, va="top", color=colour, transform=ax.transAxes)
-            y -= 0.075
-        if y < 0:
-            break
+        if reference is None:
+            tag, colour = None, ("black" if findings(sentence) else NEUTRAL_TEXT)
+        else:
+            tag = agreement(sentence, reference)
+            colour = AGREEMENT[tag] if tag else NEUTRAL_TEXT
+        body = f"{sentence} [{tag}]" if tag else sentence
+        out += [(line, colour) for line in textwrap.wrap(body, WRAP) or [""]]
+    return out
+
+
+def _draw_text(ax, title: str, text: str, reference: set[str] | None) -> None:
+    ax.axis("off")
+    ax.set_title(title, fontsize=8, fontweight="bold", loc="left")
+    lines = _lines(text, reference)
+    if reference is not None:
+        missed = sorted(reference - findings(text))
+        if missed:
+            note = "[FN] missed: " + ", ".join(missed)
+            lines += [(line, AGREEMENT["FN"]) for line in textwrap.wrap(note, WRAP)]
+    for i, (line, colour) in enumerate(lines):
+        where = offset_copy(ax.transAxes, fig=ax.figure, y=-i * LINE_PT, units="points")
+        ax.text(0, 1, line, fontsize=FONT, va="top", color=colour, transform=where)
+
+
+def _line_count(example: Example) -> int:
+    ref = findings(example.reference)
+    counts = [len(_lines(example.reference, None))]
+    for text in example.generated.values():
+        missed = ", ".join(sorted(ref - findings(text)))
+        counts.append(len(_lines(text, ref)) + len(textwrap.wrap(missed, WRAP)))
+    return max(counts)
 
 
 def qualitative_panel(examples: Sequence[Example], path: Path) -> Path | None:
+    """One row per example: image, reference, one column per variant. Full width."""
     if not examples:
         return None
     variants = list(examples[0].generated)
     cols = 2 + len(variants)
-    fig, axes = plt.subplots(
-        len(examples), cols, figsize=(2.6 * cols, 2.6 * len(examples)), squeeze=False
-    )
-    for row, ex in zip(axes, examples, strict=False):
-        image = _load_image(ex.image_paths)
-        if image is None:
-            row[0].text(0.5, 0.5, "image not available", ha="center", va="center", fontsize=7)
-            row[0].set_xticks([])
-            row[0].set_yticks([])
-        else:
-            row[0].imshow(image, cmap="gray")
-            row[0].axis("off")
-        row[0].set_title(ex.sample_id, fontsize=7)
-        _draw_text(row[1], "reference", ex.reference)
-        for ax, variant in zip(row[2:], variants, strict=False):
-            _draw_text(ax, variant, ex.generated[variant])
-    handles = [
-        plt.Line2D([], [], color=c, lw=4, label=k) for k, c in COLOURS.items() if k != "none"
-    ]
-    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=7, frameon=False,
-               title="finding mentioned in the sentence", title_fontsize=7)  # fmt: skip
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
-    return _save(fig, path)
+    # row heights follow the longest column of each row (7 pt lines, ~0.12 in each)
+    heights = [max(1.2, LINE_PT / 72 * _line_count(ex) + 0.3) for ex in examples]
+    with paper("white"):
+        fig, axes = plt.subplots(
+            len(examples), cols, figsize=(FULL_WIDTH, sum(heights) + 0.9), squeeze=False,
+            gridspec_kw={"height_ratios": heights, "width_ratios": [0.8] + [1.0] * (cols - 1)},
+            layout="constrained",
+        )  # fmt: skip
+        for row, ex in zip(axes, examples, strict=False):
+            image = _load_image(ex.image_paths)
+            if image is None:
+                row[0].text(0.5, 0.5, "image not\navailable", ha="center", va="center",
+                            fontsize=FONT)  # fmt: skip
+                row[0].set_xticks([])
+                row[0].set_yticks([])
+            else:
+                row[0].imshow(image, cmap="gray")
+                row[0].axis("off")
+            row[0].set_title(ex.sample_id, fontsize=FONT)
+            reference = findings(ex.reference)
+            _draw_text(row[1], "reference", ex.reference, None)
+            for ax, variant in zip(row[2:], variants, strict=False):
+                _draw_text(ax, variant, ex.generated[variant], reference)
+        handles = [
+            plt.Line2D([], [], color=AGREEMENT["TP"], lw=3,
+                       label="[TP] states only findings the reference states"),
+            plt.Line2D([], [], color=AGREEMENT["FP"], lw=3,
+                       label="[FP] states a finding the reference does not"),
+            plt.Line2D([], [], color=AGREEMENT["FN"], lw=3,
+                       label="[FN] reference finding never stated"),
+        ]  # fmt: skip
+        fig.legend(
+            handles=handles,
+            loc="outside lower center",
+            ncol=2,
+            frameon=False,
+            title="Findings (rules analyser; uncertain counts as absent, as in CE u0)",
+        )
+        fig.suptitle(SELECTION_RULE.format(n=len(examples)), fontsize=FONT)
+        return figures._save(fig, path)
