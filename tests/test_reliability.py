@@ -10,7 +10,12 @@ import os
 import pickle
 import random
 import shutil
+import signal
 import stat
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +26,8 @@ from training_fixtures import TINY, cache_root, shared_run, tiny_config
 from s2d_align.cli.main import main
 from s2d_align.config import save_yaml
 from s2d_align.errors import DataError
+from s2d_align.harness.ownership import LOCK_FILE
+from s2d_align.harness.store import Store
 from s2d_align.training.checkpoint import (
     RunState,
     latest_checkpoint,
@@ -305,3 +312,66 @@ def test_crlf_jsonl_still_reads(tmp_path):
     path = tmp_path / "rows.jsonl"
     path.write_bytes(b'{"a": 1}\r\n\r\n{"a": "\xc3\xa9"}\r\n')
     assert list(iter_jsonl(path)) == [{"a": 1}, {"a": "é"}]
+
+
+# ----------------------------------------------------------------------------- Ctrl-C twice
+STOP_TIMEOUT_S = 300  # the whole test; the stop itself takes a second or two
+
+
+@pytest.mark.slow
+@pytest.mark.java
+def test_a_second_ctrl_c_while_the_pool_stops_is_one_line_130_and_gives_the_runs_back(
+    tmp_path_factory, tmp_path
+):
+    """Ctrl-C, then Ctrl-C again while the workers are stopping: the first line of a real
+    ``s2d-align ablate --jobs 2`` (tiny smoke grid of three runs) is still the only one, the exit
+    is 130 (not a death by SIGINT half-way through), every claim and lock file is given back,
+    and the third, queued run is neither started nor marked failed."""
+    out = tmp_path / "results"
+    argv = [
+        sys.executable, "-c", "from s2d_align.cli.main import entrypoint; entrypoint()",
+        "ablate", "--preset", "smoke", "--variants", "sft", "--seeds", "0,1,2", "--jobs", "2",
+        "--no-references", *TINY, "--results", str(out),
+        "--cache", str(cache_root(tmp_path_factory)), "--no-progress",
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)  # fmt: skip
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+
+    def until(condition) -> None:
+        while not condition() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    try:
+        until(lambda: len(list(out.glob(f"runs/smoke/sft/*/{LOCK_FILE}"))) == 2)  # both training
+        time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal: the whole process group
+        until(lambda: any("interrupted: stopping" in x for x in lines))
+        os.killpg(proc.pid, signal.SIGINT)  # again, while the pool shuts down
+        proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    reader.join(timeout=30)
+    proc.stderr.close()
+    stderr = "".join(lines)
+    assert proc.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]
+    problems = [x.rstrip() for x in lines if x.strip() and not x.startswith("INFO ")]
+    assert problems == [
+        "interrupted: finished runs are kept in the store; run the same command again to resume"
+    ]
+    assert any("Ctrl-C again while stopping" in x for x in lines)  # it did land in the stop
+    store = Store.open_readonly(None, out)
+    try:
+        runs = store.runs()
+        assert len(runs) == 2 and all(r.status != "failed" for r in runs)  # the third: not begun
+        assert all(store.claim(r.id) is None for r in runs)  # every claim given back
+    finally:
+        store.close()
+    assert not list(out.glob(f"runs/**/{LOCK_FILE}"))

@@ -24,6 +24,7 @@ import harness_fakes as fakes
 import pytest
 
 from s2d_align.cli.main import main
+from s2d_align.harness import ownership
 from s2d_align.harness.ownership import LOCK_FILE, Owner
 from s2d_align.harness.records import RunClaim, now
 from s2d_align.harness.runner import Runner, plan_grid
@@ -346,3 +347,99 @@ def test_ctrl_c_in_ablate_is_one_line_exit_130_and_resumes(tmp_path, preset, abl
     after = _calls(out)
     assert all(after[r] == before[r] for r in finished)  # nothing finished was redone
     assert len(after) == 4
+
+
+# -- machines that share a hostname ------------------------------------------------------------
+def _plant_lock(run_dir: Path, owner: Owner, age_s: float = 0.0) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK_FILE
+    path.write_text(json.dumps({"owner": owner.id, "host": owner.host, "pid": owner.pid,
+                                "machine": owner.machine}))  # fmt: skip
+    seen = time.time() - age_s
+    os.utime(path, (seen, seen))
+
+
+def test_a_twin_machines_claim_is_judged_by_heartbeat_not_by_our_pids(tmp_path, preset):
+    """Two machines (or containers) with one hostname share a store: the other's pid does not
+    exist here, yet its claim is live while it beats, and taken over only after the timeout."""
+    out = tmp_path / "results"
+    spec = plan_grid(preset, load_variants(["s2d"]), [0])[0]
+    run_dir = spec.run_dir(out)
+    me = Owner.current()
+    twin = Owner(me.host, _dead_pid(), "twin", machine="0123456789abcdef")
+    assert twin.machine != me.machine and twin.id.endswith("@0123456789abcdef")
+    runner = _runner(out, claim_timeout_s=60)
+    _plant_claim(runner.store, spec.run_id, twin, age_s=30)  # a recent heartbeat: alive
+    _plant_lock(run_dir, twin, age_s=30)
+    assert runner.run_grid([spec]).claimed == {spec.run_id: twin.label}
+    assert _calls(out) == {} and runner.store.claim(spec.run_id).owner == twin.id
+
+    # the lock file alone (a second store on the shared folder) is judged the same way
+    other = Runner(Store(f"sqlite:///{tmp_path / 'other.db'}"), out, run_fn=fakes.fake_run_fn,
+                   scorer=fakes.FakeScorer(), progress=False, claim_timeout_s=60)  # fmt: skip
+    assert other.run_grid([spec]).claimed == {spec.run_id: twin.label} and _calls(out) == {}
+
+    with runner.store.session() as s, s.begin():  # the twin went silent for over the timeout
+        s.get(RunClaim, spec.run_id).heartbeat_at = now() - timedelta(seconds=120)
+    _plant_lock(run_dir, twin, age_s=120)
+    report = _runner(out, claim_timeout_s=60).run_grid([spec])
+    assert report.executed == [spec.run_id] and _calls(out) == {spec.run_id: 1}
+    assert runner.store.get_run(spec.run_id).status == "complete"
+    assert runner.store.claim(spec.run_id) is None and not (run_dir / LOCK_FILE).exists()
+
+
+def test_a_dead_process_of_this_machine_is_taken_over_at_once(tmp_path, preset):
+    """Our own machine identity and a dead pid: no waiting for the (6 h) timeout."""
+    out = tmp_path / "results"
+    spec = plan_grid(preset, load_variants(["s2d"]), [0])[0]
+    me = Owner.current()
+    gone = Owner(me.host, _dead_pid(), "gone", machine=me.machine)
+    runner = _runner(out)
+    _plant_claim(runner.store, spec.run_id, gone)  # heartbeat just now
+    _plant_lock(spec.run_dir(out), gone)
+    report = runner.run_grid([spec])
+    assert report.executed == [spec.run_id] and not report.claimed
+    assert runner.store.get_run(spec.run_id).status == "complete"
+    assert runner.store.claim(spec.run_id) is None
+
+
+def _identity(monkeypatch, files: dict[str, str], pid_ns: str | None) -> str:
+    """``machine_identity`` computed as on a machine with these files and pid namespace."""
+    monkeypatch.setattr(ownership, "_first_line", lambda path: files.get(path, ""))
+
+    def readlink(path):
+        if pid_ns is None:
+            raise FileNotFoundError(path)
+        return pid_ns
+
+    monkeypatch.setattr(ownership.os, "readlink", readlink)
+    return ownership.machine_identity.__wrapped__()
+
+
+def test_machine_identity_tells_containers_apart_and_keeps_a_host_across_reboots(monkeypatch):
+    host_ns, ctr_a, ctr_b = "pid:[4026531836]", "pid:[4026532201]", "pid:[4026532305]"
+    mid, boot1, boot2 = "/etc/machine-id", "/proc/sys/kernel/random/boot_id", "b" * 32
+    host = {mid: "a" * 32, boot1: "1" * 32}
+    rebooted = {**host, boot1: boot2}
+    baked = {mid: "c" * 32, boot1: "1" * 32}  # one image's machine-id in two containers
+    other_kernel = {**baked, boot1: boot2}
+    ids = {
+        "host": _identity(monkeypatch, host, host_ns),
+        "host after reboot": _identity(monkeypatch, rebooted, host_ns),
+        "container a": _identity(monkeypatch, baked, ctr_a),
+        "container b, same kernel": _identity(monkeypatch, baked, ctr_b),
+        "container a's twin, other kernel": _identity(monkeypatch, other_kernel, ctr_a),
+        "container without machine-id": _identity(monkeypatch, {boot1: "1" * 32}, ctr_a),
+    }
+    assert ids["host"] == ids["host after reboot"]  # pids of an earlier boot are dead: judge them
+    others = [v for k, v in ids.items() if k != "host after reboot"]
+    assert len(set(others)) == len(others)  # every other pair must not judge each other's pids
+    assert _identity(monkeypatch, baked, ctr_a) == ids["container a"]  # stable
+    assert all(len(v) == 16 and ":" not in v for v in ids.values())
+
+
+def test_owner_ids_carry_the_machine_and_older_ids_parse_as_unknown():
+    me = Owner.current()
+    assert ownership.machine_of(me.id) == me.machine == ownership.machine_identity()
+    assert ownership.machine_of("vm:123:abc") is None  # written before identities existed
+    assert ownership.machine_of("odd@host:123:abc") is None

@@ -334,8 +334,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--claim-timeout",
         default="6h",
         metavar="DURATION",
-        help="a run claimed by a process on another host that has shown no sign of life for "
-        "this long (seconds, or e.g. 90m, 6h) is taken over; a dead process on this host is "
+        help="a run claimed by a process on another machine that has shown no sign of life for "
+        "this long (seconds, or e.g. 90m, 6h) is taken over; a dead process on this machine is "
         "taken over at once",
     )
     _jobs_arg(p)

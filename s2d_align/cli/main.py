@@ -12,6 +12,7 @@ import contextlib
 import importlib
 import logging
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Sequence
@@ -132,4 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def entrypoint() -> None:
-    sys.exit(main())
+    code = main()
+    if code == 130:  # interrupted and stopped cleanly: another Ctrl-C while the interpreter
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # winds down would kill it mid-exit
+    sys.exit(code)

@@ -5,14 +5,19 @@ A run is trained by one process at a time. The owner is claimed in the store (ta
 folder but not a store, in ``RUN_DIR/.owner`` (created with ``O_EXCL``). While a run is being
 worked on, its owner refreshes both every ``heartbeat_interval(timeout)`` seconds.
 
-A claim is stale, and may be taken over, when its process is known to be gone (same host, pid
-not alive) or when it has not been refreshed for ``timeout`` seconds (any host: a host that is
-down stops refreshing).
+A claim is stale, and may be taken over, when its process is known to be gone (same machine,
+pid not alive) or when it has not been refreshed for ``timeout`` seconds (any machine: one that
+is down stops refreshing). "Same machine" is the hostname and ``machine_identity()`` both equal
+to ours: two machines or containers that share a hostname and a store never judge each other's
+pids. Claims written before identities were recorded (no ``@machine`` in the owner id, no
+``machine`` in the lock file) are judged by hostname alone, as they were then.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import json
 import logging
 import os
@@ -44,19 +49,70 @@ class RunClaimedError(S2DError):
         return (type(self), (self.run_id, self.holder))
 
 
+#: The host's own pid namespace (PROC_PID_INIT_INO, the same number on every Linux kernel).
+_INIT_PID_NS = "pid:[4026531836]"
+
+
+def _first_line(path: str) -> str:
+    try:
+        with open(path, encoding="ascii") as fh:
+            return fh.readline().strip()
+    except (OSError, ValueError):
+        return ""
+
+
+@functools.lru_cache(maxsize=1)
+def machine_identity() -> str:
+    """A short id that is equal for two processes exactly when one can test the other's pid.
+
+    A pid means something only within one pid namespace of one running kernel, so:
+
+    - a host (the kernel's own pid namespace) is its ``/etc/machine-id``: stable across reboots
+      (pids of an earlier boot are all dead, so judging them here is right) and distinct per
+      installation;
+    - a container, or a host without a machine-id, adds the kernel's ``boot_id`` and its pid
+      namespace. Containers on one kernel share ``boot_id`` but not their pid namespace; two
+      containers of one image may share a machine-id baked into it (or have none) but not a
+      ``boot_id`` unless they run on one kernel. A container's processes never outlive its pid
+      namespace, so the id is stable for as long as any of its claims can be alive;
+    - without ``/proc`` (macOS, BSD: no pid namespaces) the machine-id, else the hardware
+      address, else a random id (nobody judges this process's pids: heartbeat age only).
+    """
+    machine = _first_line("/etc/machine-id") or _first_line("/var/lib/dbus/machine-id")
+    try:
+        pid_ns = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        pid_ns = ""
+    boot = _first_line("/proc/sys/kernel/random/boot_id")
+    if machine and pid_ns == _INIT_PID_NS:
+        parts = [machine]
+    elif boot:
+        parts = [machine, boot, pid_ns]
+    elif machine:
+        parts = [machine]
+    else:
+        node = uuid.getnode()  # bit 40 set: no hardware address found, a random one each call
+        parts = [f"{node:012x}" if not node & (1 << 40) else uuid.uuid4().hex]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class Owner:
     host: str
     pid: int
     token: str
+    machine: str | None = None  # ``machine_identity()``; None: recorded before there was one
 
     @classmethod
     def current(cls) -> Owner:
-        return cls(socket.gethostname(), os.getpid(), uuid.uuid4().hex[:12])
+        return cls(socket.gethostname(), os.getpid(), uuid.uuid4().hex[:12], machine_identity())
 
     @property
     def id(self) -> str:
-        return f"{self.host}:{self.pid}:{self.token}"
+        """``host:pid:token@machine``: the machine rides in the id, so the store's claims table
+        needs no new column and stores written before keep working."""
+        base = f"{self.host}:{self.pid}:{self.token}"
+        return f"{base}@{self.machine}" if self.machine else base
 
     @property
     def label(self) -> str:
@@ -75,8 +131,26 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def is_stale(host: str, pid: int, last_seen: datetime, timeout_s: float, now: datetime) -> bool:
-    if host == socket.gethostname() and not pid_alive(pid):
+def machine_of(owner_id: str) -> str | None:
+    """The machine identity in an ``Owner.id``; None for ids written before there was one."""
+    _, sep, machine = owner_id.rpartition("@")
+    return machine if sep and machine and ":" not in machine else None
+
+
+def same_machine(host: str | None, machine: str | None) -> bool:
+    """Whether a pid recorded by (``host``, ``machine``) can be tested here with ``kill``.
+    ``machine`` None (an older claim): the hostname decides, as it did before."""
+    if host != socket.gethostname():
+        return False
+    return machine is None or machine == machine_identity()
+
+
+def is_stale(
+    host: str, pid: int, last_seen: datetime, timeout_s: float, now: datetime, owner_id: str = ""
+) -> bool:
+    """Dead pid on this machine (``owner_id`` carries the machine), or no heartbeat for
+    ``timeout_s``."""
+    if same_machine(host, machine_of(owner_id)) and not pid_alive(pid):
         return True
     return (now - last_seen).total_seconds() > timeout_s
 
@@ -102,7 +176,8 @@ def _lock_is_stale(path: Path, held: dict | None, timeout_s: float) -> bool:
         return True
     if held is None:  # unreadable: stale only once its writer had ample time to finish
         return age > min(timeout_s, 60.0)
-    if held.get("host") == socket.gethostname() and not pid_alive(int(held.get("pid", -1))):
+    machine = held.get("machine") or None  # absent in lock files of earlier versions
+    if same_machine(held.get("host"), machine) and not pid_alive(int(held.get("pid", -1))):
         return True
     return age > timeout_s
 
@@ -110,7 +185,7 @@ def _lock_is_stale(path: Path, held: dict | None, timeout_s: float) -> bool:
 def acquire_lock_file(run_dir: Path, owner: Owner, timeout_s: float) -> str | None:
     """Take ``run_dir/.owner`` for ``owner``; None when taken, else the live holder's label."""
     path = Path(run_dir) / LOCK_FILE
-    record = {"owner": owner.id, "host": owner.host, "pid": owner.pid}
+    record = {"owner": owner.id, "host": owner.host, "pid": owner.pid, "machine": owner.machine}
     for _ in range(5):
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)

@@ -180,7 +180,7 @@ class RunClaim(Base):
     __tablename__ = "s2d_claims"
 
     run_id: Mapped[str] = mapped_column(String(200), primary_key=True)
-    owner: Mapped[str] = mapped_column(String(300))  # "host:pid:token"
+    owner: Mapped[str] = mapped_column(String(300))  # "host:pid:token@machine"
     host: Mapped[str] = mapped_column(String(200))
     pid: Mapped[int] = mapped_column(Integer)
     claimed_at: Mapped[datetime] = mapped_column(default=now)

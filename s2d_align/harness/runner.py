@@ -22,17 +22,25 @@ or one results folder train each run once: a run claimed by a live process is sk
 listed in ``GridReport.claimed``; a stale claim (dead process, or no heartbeat for
 ``claim_timeout_s``) is taken over. Only the owner writes a run's status.
 
+Ctrl-C stops the grid once: the first one interrupts the runs in progress (in this process or
+in every worker, which then starts nothing more), and the claims are given back before
+``KeyboardInterrupt`` leaves ``run_grid``; more Ctrl-C while that happens are ignored, so they
+cannot cut it short. A worker that has not stopped within ``STOP_TIMEOUT_S`` is terminated and
+leaves its claim to a dead process, taken over at once by the next grid on this machine.
+
 An ``ablate`` grid first records its reference rows (``harness.references``: all-normal,
 nn-retrieval, oracle-paraphrase), in this process, after the shared caches, once per data.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing as mp
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -76,6 +84,8 @@ log = logging.getLogger(__name__)
 #: Dry-run estimate when the store holds no finished run of the preset yet (CPU, tiny presets).
 DEFAULT_SECONDS_PER_STEP = 0.5
 DEFAULT_EVAL_SECONDS = 30.0
+#: After Ctrl-C, how long parallel workers get to stop their runs and give back their claims.
+STOP_TIMEOUT_S = 60.0
 
 
 class TestSetLockError(S2DError):
@@ -443,25 +453,27 @@ class Runner:
                 todo.append(spec)
         bar = _grid_bar(len(specs), self.progress)
         bar.update(len(report.skipped))
-        try:
-            report.references = self.reference_rows(specs)  # once per grid, before any training
-            for run_id, outcome in report.references.items():
-                if outcome.startswith("failed: "):
-                    report.failed[run_id] = outcome[len("failed: ") :]
-                    if stop_on_error:
-                        raise S2DError(f"reference row {run_id} {outcome}")
-            if jobs > 1 and len(todo) > 1:
-                self._run_parallel(todo, min(jobs, len(todo)), report, bar, stop_on_error)
-            else:
-                if todo:
-                    self._warm_up()
-                for spec in todo:
-                    bar.set_postfix_str(spec.run_id)
-                    self._run_recorded(spec, report, stop_on_error)
-                    bar.update(1)
-        finally:
-            bar.close()
-            self.close()
+        with _interrupt_once() as interrupt:
+            try:
+                report.references = self.reference_rows(specs)  # once per grid, before training
+                for run_id, outcome in report.references.items():
+                    if outcome.startswith("failed: "):
+                        report.failed[run_id] = outcome[len("failed: ") :]
+                        if stop_on_error:
+                            raise S2DError(f"reference row {run_id} {outcome}")
+                if jobs > 1 and len(todo) > 1:
+                    jobs = min(jobs, len(todo))
+                    self._run_parallel(todo, jobs, report, bar, stop_on_error, interrupt)
+                else:
+                    if todo:
+                        self._warm_up()
+                    for spec in todo:
+                        bar.set_postfix_str(spec.run_id)
+                        self._run_recorded(spec, report, stop_on_error)
+                        bar.update(1)
+            finally:
+                bar.close()
+                self.close()
         return report
 
     def _run_recorded(self, spec: RunSpec, report: GridReport, stop_on_error: bool) -> None:
@@ -475,7 +487,13 @@ class Runner:
                 raise
 
     def _run_parallel(
-        self, todo: list[RunSpec], jobs: int, report: GridReport, bar, stop_on_error: bool
+        self,
+        todo: list[RunSpec],
+        jobs: int,
+        report: GridReport,
+        bar,
+        stop_on_error: bool,
+        interrupt: _InterruptOnce,
     ) -> None:
         for spec in todo:  # build shared caches once, before the workers race for them
             self.prepare_shared(spec)
@@ -502,8 +520,9 @@ class Runner:
         pool = ProcessPoolExecutor(
             max_workers=jobs, mp_context=ctx, initializer=_init_worker, initargs=init
         )
-        futures: dict[Future, RunSpec] = {pool.submit(_run_in_worker, s): s for s in todo}
+        futures: dict[Future, RunSpec] = {}
         try:
+            futures.update((pool.submit(_run_in_worker, s), s) for s in todo)
             pending = set(futures)
             while pending:
                 done, pending = wait(pending, timeout=2.0, return_when=FIRST_COMPLETED)
@@ -513,6 +532,8 @@ class Runner:
                 for future in done:
                     spec = futures[future]
                     exc = future.exception()
+                    if isinstance(exc, KeyboardInterrupt):  # a worker was interrupted: stop all
+                        raise KeyboardInterrupt
                     if exc is None:
                         _note_outcome(report, spec.run_id, future.result())
                     else:
@@ -520,6 +541,10 @@ class Runner:
                         if stop_on_error:
                             raise exc
                     bar.update(1)
+        except KeyboardInterrupt:
+            interrupt.stopping = True  # also when it came from a worker: ignore Ctrl-C from now
+            _stop_workers(pool)
+            raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
@@ -580,6 +605,70 @@ class _ValScoringHooks:
         with open_tracking(self.spec.config, run_dir) as tracking:  # train.report_to
             tracking.log_metrics(metrics, step=step, prefix="val")
         self.inner.intermediate(step, metrics)
+
+
+class _InterruptOnce:
+    """A SIGINT handler: ``KeyboardInterrupt`` on the first Ctrl-C, then only a count, so that
+    giving the runs back (claims, lock files, workers joined) cannot be cut short."""
+
+    def __init__(self) -> None:
+        self.stopping = False
+        self.ignored = 0
+
+    def __call__(self, _signum, _frame) -> None:
+        if self.stopping:
+            self.ignored += 1
+            return
+        self.stopping = True
+        raise KeyboardInterrupt
+
+
+@contextmanager
+def _interrupt_once():
+    """Install ``_InterruptOnce`` for the block, where Python's own Ctrl-C handler is in place
+    (main thread, no handler of the caller's); the caller's handler is back afterwards."""
+    interrupt = _InterruptOnce()
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield interrupt
+        return
+    previous = signal.signal(signal.SIGINT, interrupt)
+    try:
+        yield interrupt
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if interrupt.ignored:
+            log.info("Ctrl-C again while stopping (%d time(s)): ignored until the runs were given "
+                     "back", interrupt.ignored)  # fmt: skip
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """After Ctrl-C: no new runs; every worker interrupts its run (the signal may have reached
+    this process alone), gives its claim back and exits. Workers still there after
+    ``STOP_TIMEOUT_S`` are terminated: their claims stay behind as a dead process's."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    for proc in processes:
+        with contextlib.suppress(OSError):
+            os.kill(proc.pid, signal.SIGINT)
+    log.info("interrupted: stopping %d worker(s); each gives its run back (at most %g s)",
+             len(processes), STOP_TIMEOUT_S)  # fmt: skip
+
+    def terminate() -> None:
+        log.warning("workers did not stop within %g s: terminated; the next grid on this "
+                    "machine takes their runs over at once", STOP_TIMEOUT_S)  # fmt: skip
+        for proc in processes:
+            with contextlib.suppress(OSError, ValueError):
+                proc.terminate()
+
+    watchdog = threading.Timer(STOP_TIMEOUT_S, terminate)
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        pool.shutdown(wait=True, cancel_futures=True)
+    finally:
+        watchdog.cancel()
 
 
 def _note_outcome(report: GridReport, run_id: str, outcome) -> None:
@@ -671,9 +760,16 @@ def _init_worker(
 
 
 _BUSY = False
+_STOPPING = False
 
 
 def _worker_sigint(_signum, _frame) -> None:
+    """The first Ctrl-C stops the worker for good: its run is interrupted (the claim is given
+    back on the way out), later Ctrl-C are ignored so that cannot be cut short, and it starts
+    no other run (an interrupt can leave C extensions in a state unfit to go on)."""
+    global _STOPPING
+    _STOPPING = True
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if _BUSY:
         raise KeyboardInterrupt
 
@@ -682,8 +778,10 @@ def _run_in_worker(spec: RunSpec):
     """The run's outcome for ``_note_outcome`` (a claimed run is an outcome, not an error)."""
     global _BUSY
     assert _WORKER is not None, "worker not initialised"
-    _BUSY = True
+    _BUSY = True  # before looking at _STOPPING: a Ctrl-C in between then raises
     try:
+        if _STOPPING:
+            raise KeyboardInterrupt
         return _WORKER._attempt(spec)
     except RunClaimedError as exc:
         return ("claimed", exc.holder)

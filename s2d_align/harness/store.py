@@ -229,7 +229,7 @@ class Store:
                 continue  # released in between: insert again
             if held.owner == owner.id:
                 return None
-            if not is_stale(held.host, held.pid, held.heartbeat_at, timeout_s, now()):
+            if not is_stale(held.host, held.pid, held.heartbeat_at, timeout_s, now(), held.owner):
                 return held
             with self.session() as s, s.begin():  # only if nobody took it over meanwhile
                 taken = s.execute(
