@@ -84,7 +84,7 @@ def sweep(session: nox.Session) -> None:
     _install(session, extras="")
     session.run(
         "s2d-align", "sweep", "--preset", "default", "--space", "memory", "--trials", "12",
-        "--workers", "2", *session.posargs, env=OFFLINE_ENV,
+        "--jobs", "2", *session.posargs, env=OFFLINE_ENV,
     )  # fmt: skip
 
 
@@ -107,9 +107,16 @@ def regress(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """pytest-benchmark performance suite over bench/ (not a timed test; arguments pass through)."""
+    """The performance dashboard: bench/ under pytest-benchmark, one line per target at the end.
+
+    Every target is a ratio measured inside the run. The run is saved as JSON under
+    results/bench/ (git-ignored) and compared with the run saved before it; ``python
+    bench/summary.py`` prints the dashboard again. Arguments pass through to pytest, e.g.
+    ``nox -s bench -- -k generation``. The GPU script, bench/gpu_mfu.py, is not part of it.
+    """
     _install(session)
     session.run(
         "pytest", "bench", "-o", "python_files=bench_*.py", "-p", "no:cacheprovider",
+        "--benchmark-autosave", "--benchmark-storage=file://./results/bench",
         *session.posargs, env=OFFLINE_ENV,
     )  # fmt: skip
