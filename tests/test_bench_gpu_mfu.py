@@ -87,5 +87,5 @@ def test_peak_table_knows_the_chips_and_no_others(gpu_mfu):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
 def test_full_size_without_a_gpu_stops_with_a_message(gpu_mfu):
-    with pytest.raises(SystemExit, match="no CUDA device.*--tiny"):
+    with pytest.raises(SystemExit, match=r"no CUDA device.*--tiny"):
         gpu_mfu.main([])
