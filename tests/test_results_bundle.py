@@ -209,3 +209,26 @@ def test_the_store_file_itself_is_not_taken_for_a_bundle(grid, tmp_path, capsys)
     err = capsys.readouterr().err
     assert "is an SQLite store, not a results bundle" in err and f"--results {grid}" in err
     assert not (tmp_path / "rep").exists()
+
+
+def test_strip_cuts_this_machines_folders_from_recorded_paths(tmp_path):
+    """A bundle to commit names no folder of the machine that made it; without --strip the
+    store is copied exactly (the round-trip tests)."""
+    from s2d_align.harness.runner import Runner, plan_grid
+    from s2d_align.harness.variants import load_variants
+
+    results = tmp_path / "results"
+    store = Store.open(None, results)
+    runner = Runner(store, results, run_fn=fakes.fake_run_fn, scorer=fakes.FakeScorer(),
+                    progress=False)  # fmt: skip
+    preset = tmp_path / "tiny.yaml"
+    preset.write_text("name: tiny\ntrain: {total_steps: 4}\n")
+    assert runner.run_grid(plan_grid(preset, load_variants(["sft"]), [0])).ok
+    store.close()
+    exact, stripped = tmp_path / "exact.jsonl.gz", tmp_path / "stripped.jsonl.gz"
+    assert main(["results", "bundle", "--results", str(results), "--out", str(exact)]) == 0
+    assert main(["results", "bundle", "--results", str(results), "--out", str(stripped),
+                 "--strip", str(results)]) == 0  # fmt: skip
+    assert str(results.resolve()) in gzip.decompress(exact.read_bytes()).decode()
+    text = gzip.decompress(stripped.read_bytes()).decode()
+    assert str(results.resolve()) not in text and "runs/tiny/sft" in text

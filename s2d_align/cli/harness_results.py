@@ -215,7 +215,7 @@ def cmd_bundle(args: argparse.Namespace) -> int:
 
     db = sqlite_path(storage_url(args.storage, args.results))
     check_output_path(args.out, {"--results/--storage": db})
-    done = write_bundle(args.storage, args.results, args.out)
+    done = write_bundle(args.storage, args.results, args.out, tuple(args.strip))
     what = "wrote" if done.changed else "unchanged:"
     print(f"{what} {done.path} ({sum(done.rows.values())} rows in {len(done.rows)} tables, "
           f"{done.size / 1e6:.2f} MB)", file=sys.stderr)  # fmt: skip
@@ -327,6 +327,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_store_args(p, old=())
     p.add_argument("--out", required=True, metavar="FILE", help="bundle file to write (.jsonl.gz)")
+    p.add_argument(
+        "--strip",
+        action="append",
+        default=[],
+        metavar="FOLDER",
+        help="a folder to cut from the paths the store records (run folders, images), so a "
+        "bundle to commit names no folder of this machine; repeatable, e.g. the results folder "
+        "and the grid's --cache (default: the store is copied exactly)",
+    )
     p.set_defaults(handler=cmd_bundle)
 
     p = command(

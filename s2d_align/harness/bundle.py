@@ -55,17 +55,22 @@ def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _cell(value: Any) -> Any:
-    return (
-        {"$base64": base64.b64encode(value).decode("ascii")} if isinstance(value, bytes) else value
-    )
+def _cell(value: Any, strip: tuple[str, ...] = ()) -> Any:
+    if isinstance(value, bytes):
+        return {"$base64": base64.b64encode(value).decode("ascii")}
+    if isinstance(value, str):
+        for prefix in strip:  # a machine's folders: the path is kept relative to them
+            value = value.replace(prefix, "")
+    return value
 
 
 def _line(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n"
 
 
-def _dump(con: sqlite3.Connection, rows: dict[str, int]) -> Iterator[str]:
+def _dump(
+    con: sqlite3.Connection, rows: dict[str, int], strip: tuple[str, ...] = ()
+) -> Iterator[str]:
     yield _line({"format": FORMAT, "version": VERSION})
     schema = con.execute(
         "SELECT type, name, tbl_name, sql FROM sqlite_master WHERE sql IS NOT NULL "
@@ -84,7 +89,7 @@ def _dump(con: sqlite3.Connection, rows: dict[str, int]) -> Iterator[str]:
         rows[name] = count
         yield _line({"table": name, "sql": sql, "columns": columns, "rows": count})
         for row in con.execute(f"SELECT * FROM {_quote(name)} ORDER BY {order}"):
-            yield _line([_cell(v) for v in row])
+            yield _line([_cell(v, strip) for v in row])
     for kind, name, table, sql in schema:
         if kind == "index" and table not in SKIPPED_TABLES:
             yield _line({"index": name, "sql": sql})
@@ -103,14 +108,29 @@ def _source_path(storage: str | None, results: str | Path) -> Path:
     return path
 
 
-def bundle_text(storage: str | None, results: str | Path) -> tuple[bytes, dict[str, int]]:
-    """The bundle's uncompressed JSON Lines and its rows per table, read in one snapshot."""
+def _prefixes(folders: tuple[str | Path, ...]) -> tuple[str, ...]:
+    """``FOLDER/`` for each folder, absolute and as given, longest first (JSON text cells
+    escape nothing in a POSIX path, so a plain replace reaches paths inside them too)."""
+    out = set()
+    for folder in folders:
+        for form in (Path(folder).expanduser().resolve(), Path(folder).expanduser().absolute()):
+            out.add(str(form).rstrip("/") + "/")
+    return tuple(sorted(out, key=len, reverse=True))
+
+
+def bundle_text(
+    storage: str | None, results: str | Path, strip: tuple[str | Path, ...] = ()
+) -> tuple[bytes, dict[str, int]]:
+    """The bundle's uncompressed JSON Lines and its rows per table, read in one snapshot.
+    Every ``FOLDER/`` of ``strip`` is cut from the text cells (paths become relative to it), so
+    that a committed bundle names no folder of the machine that made it."""
     path = _source_path(storage, results)
+    prefixes = _prefixes(strip)
     rows: dict[str, int] = {}
     con = sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=ro", uri=True)
     try:
         con.execute("BEGIN")  # one consistent snapshot even while a grid writes the store
-        text = "".join(_dump(con, rows)).encode("utf-8")
+        text = "".join(_dump(con, rows, prefixes)).encode("utf-8")
     except sqlite3.Error as exc:
         raise DataError(f"{path}: cannot read the results store: {exc}") from None
     finally:
@@ -118,11 +138,17 @@ def bundle_text(storage: str | None, results: str | Path) -> tuple[bytes, dict[s
     return text, rows
 
 
-def write_bundle(storage: str | None, results: str | Path, out: str | Path) -> BundleSummary:
+def write_bundle(
+    storage: str | None,
+    results: str | Path,
+    out: str | Path,
+    strip: tuple[str | Path, ...] = (),
+) -> BundleSummary:
     """Write the bundle of a store to ``out``; a file that already holds the same bundle is
-    left untouched (``changed`` False), so re-bundling an unchanged store gives no git diff."""
+    left untouched (``changed`` False), so re-bundling an unchanged store gives no git diff.
+    ``strip``: folders cut from the paths the store records (see :func:`bundle_text`)."""
     out = Path(out)
-    text, rows = bundle_text(storage, results)
+    text, rows = bundle_text(storage, results, strip)
     summary = BundleSummary(path=out, rows=rows)
     try:
         same = out.is_file() and _decompress(out) == text
