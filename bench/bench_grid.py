@@ -10,7 +10,7 @@
   start-up the same): the line also states the overhead in seconds per worker.
 - ``scoring-kept``: a grid's test scorings, 500 studies each, scored from scratch per run
   (a fresh METEOR process, every reference labelled again) versus as the grid scores them
-  (``harness.pipeline.CorpusScorer``: one METEOR process, one labeler memory, reference labels
+  (``harness.real_run.CorpusScorer``: one METEOR process, one labeler memory, reference labels
   cached on disk). Same numbers, to 1e-9, for every metric and interval. Four runs are
   timed each way (30 fresh scorings alone would take minutes); the target's 10-variant x
   3-seed figure is computed from those timings: 30 x the mean fresh scoring over the kept
@@ -65,7 +65,7 @@ def _grid(specs, out, jobs: int) -> dict:
 
 @pytest.mark.benchmark(group="grid")
 def test_grid_overhead(benchmark, tmp_path):
-    from s2d_align.harness.pipeline import prepare_shared
+    from s2d_align.harness.real_run import prepare_shared
     from s2d_align.harness.runner import plan_grid
     from s2d_align.harness.variants import load_variants
 
@@ -129,7 +129,7 @@ def _fresh(refs, runs, cfg):
 
 
 def _kept(refs, runs, cfg, cache):
-    from s2d_align.harness.pipeline import CorpusScorer
+    from s2d_align.harness.real_run import CorpusScorer
     from s2d_align.harness.spec import SplitReferences
 
     split = SplitReferences(reports=refs, images={}, manifest_hash="bench-500")

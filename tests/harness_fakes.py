@@ -1,6 +1,6 @@
 """Cheap stand-ins for training and scoring, injected into the harness in its unit tests.
 
-They follow the same contracts as the real pipeline (``s2d_align.harness.pipeline``) so the
+They follow the same contracts as the real pipeline (``s2d_align.harness.real_run``) so the
 runner, store, sweeps, regression check and reports run unchanged; no model is trained. A fake
 "model" copies each reference report, dropping a share of its sentences that depends on the
 variant and the seed, so variants differ reproducibly and seeds add noise.

@@ -108,5 +108,5 @@ def test_scientific_notation_overrides_are_numbers():
 
     assert load_config("smoke", overrides=["train.lr=1e-3"]).train.lr == 1e-3
     assert load_config("smoke", overrides=["train.lr=5E-4"]).train.lr == 5e-4
-    with pytest.raises(ConfigError, match="train.lr.*not of type float"):
+    with pytest.raises(ConfigError, match=r"train\.lr.*not of type float"):
         load_config("smoke", overrides=["train.lr=fast"])

@@ -558,7 +558,7 @@ def test_diagnostics_table_shows_mean_and_sd_over_seeds(tmp_path, preset):
 def test_real_pipeline_returns_the_diagnostics_of_the_test_split(tmp_path_factory):
     from training_fixtures import cache_root, shared_run, tiny_config
 
-    from s2d_align.harness.pipeline import train_and_generate
+    from s2d_align.harness.real_run import train_and_generate
     from s2d_align.harness.spec import NoHooks, RunSpec
     from s2d_align.harness.variants import load_variant
 

@@ -177,7 +177,7 @@ def test_pruning_hooks_prefer_the_val_metric_and_sign_a_training_loss():
 def test_real_pipeline_reports_each_stage_end_once_with_its_mean_loss():
     from types import SimpleNamespace
 
-    from s2d_align.harness.pipeline import _IntermediateReporter
+    from s2d_align.harness.real_run import _IntermediateReporter
 
     cfg = load_variant("s2d").config("smoke", 0, ["train.total_steps=10"])  # stages 4/3/3 steps
     seen = []
@@ -198,7 +198,7 @@ def test_real_pipeline_reports_each_stage_end_once_with_its_mean_loss():
 def test_with_eval_every_the_pipeline_hands_over_val_predictions_and_no_training_loss():
     from types import SimpleNamespace
 
-    from s2d_align.harness.pipeline import _IntermediateReporter
+    from s2d_align.harness.real_run import _IntermediateReporter
 
     cfg = load_variant("s2d").config("smoke", 0, ["train.total_steps=10", "train.eval_every=5"])
     seen: list = []
@@ -281,12 +281,12 @@ def test_real_pipeline_val_scores_mid_run_reach_the_hooks(tmp_path):
 
 
 def test_a_real_sweep_prepares_the_base_configs_caches_where_its_runners_look(setup, monkeypatch):
-    from s2d_align.harness import pipeline
+    from s2d_align.harness import real_run
     from s2d_align.harness.sweep import prepare_caches
 
     preset, space, results = setup
     seen = []
-    monkeypatch.setattr(pipeline, "prepare_shared",
+    monkeypatch.setattr(real_run, "prepare_shared",
                         lambda spec, cache, progress=False: seen.append((spec, cache)))  # fmt: skip
     job = SweepJob(preset=str(preset), space=space, storage_url=storage_url(None, results),
                    study_name="t", results_dir=str(results), overrides=("train.lr=0.002",))  # fmt: skip

@@ -22,7 +22,7 @@ from s2d_align.cli.vocab import HelpFormatter, Parser, fail
 from s2d_align.errors import S2DError
 
 #: Modules under ``s2d_align.cli`` that register commands, in help order.
-COMMAND_MODULES = ("data", "evaluate", "train", "harness", "config")
+COMMAND_MODULES = ("data", "eval_label", "eval_score", "train", "harness", "config")
 
 EPILOG = """\
 flags: --run a run folder, --results a results directory (its store), --reports a reports

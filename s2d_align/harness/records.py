@@ -48,7 +48,12 @@ class Run(Base):
     finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
 
 
-class Metric(Base):
+class MetricRow(Base):
+    """One corpus metric of one (run, split), with its confidence interval.
+
+    ``evaluation.records.Metric`` is the in-memory value a scoring returns; this is its row.
+    """
+
     __tablename__ = "s2d_metrics"
     __table_args__ = (UniqueConstraint("run_id", "split", "name"),)
 

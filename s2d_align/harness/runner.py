@@ -180,11 +180,11 @@ class Runner:
         self.progress = progress
         self._injected = (run_fn, scorer)  # what parallel workers rebuild their runner from
         if run_fn is None or scorer is None:
-            from s2d_align.harness import pipeline  # imports training: only when really needed
+            from s2d_align.harness import real_run  # imports training: only when really needed
 
-            run_fn = run_fn or pipeline.train_and_generate
-            scorer = scorer or pipeline.CorpusScorer(self.cache_root)
-            prepare_fn = prepare_fn or pipeline.prepare_shared
+            run_fn = run_fn or real_run.train_and_generate
+            scorer = scorer or real_run.CorpusScorer(self.cache_root)
+            prepare_fn = prepare_fn or real_run.prepare_shared
         self.run_fn = run_fn
         self.scorer = scorer
         self.prepare_fn = prepare_fn

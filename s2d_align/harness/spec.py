@@ -2,7 +2,7 @@
 
 The runner only talks to the model through two injectable callables, so the harness logic
 (idempotency, resume, test-set lock, recording) is tested with cheap fakes and run for real
-with the training pipeline (``s2d_align.harness.pipeline``):
+with the training pipeline (``s2d_align.harness.real_run``):
 
 - ``run_fn(spec, run_dir, *, splits, hooks, progress, cache_root) -> RunArtifacts``: train
   (resuming from the run dir's checkpoint if there is one) and generate predictions for ``splits``;
@@ -129,19 +129,15 @@ class Scored:
     reference_labels: dict[str, Labels] | None = None
 
 
-class EvalHooks(Protocol):
-    """Called by ``run_fn`` when training reaches an intermediate validation point.
+class NoHooks:
+    """Hooks that ignore every intermediate value (a run outside a sweep).
 
-    ``run_fn`` calls ``intermediate(step, metrics)`` with metrics it has (the real pipeline:
-    stage-end training loss), or, when it generated val predictions mid-run
-    (``train.eval_every``), ``intermediate_predictions(step, rows)``: the runner scores those
-    with the grid's scorer and passes the val metrics on to ``intermediate``.
+    ``run_fn`` calls ``hooks.intermediate(step, metrics)`` with metrics it has (the real
+    pipeline: stage-end training loss), or, when it generated val predictions mid-run
+    (``train.eval_every``), ``hooks.intermediate_predictions(step, rows)``: the runner scores
+    those with the grid's scorer and passes the val metrics on to ``intermediate``.
     """
 
-    def intermediate(self, step: int, metrics: Mapping[str, float]) -> None: ...
-
-
-class NoHooks:
     def intermediate(self, step: int, metrics: Mapping[str, float]) -> None:
         return None
 

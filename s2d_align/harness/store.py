@@ -26,7 +26,7 @@ from s2d_align.harness.ownership import Owner, is_stale
 from s2d_align.harness.records import (
     Base,
     Evaluation,
-    Metric,
+    MetricRow,
     Prediction,
     Reference,
     Run,
@@ -205,7 +205,7 @@ class Store:
 
     def delete_run(self, run_id: str) -> None:
         with self.session() as s, s.begin():
-            for table in (Metric, SampleScore, Evaluation, Prediction, ValScore):
+            for table in (MetricRow, SampleScore, Evaluation, Prediction, ValScore):
                 s.execute(delete(table).where(table.run_id == run_id))
             s.execute(delete(TrainLog).where(TrainLog.run_id == run_id))
             s.execute(delete(Run).where(Run.id == run_id))
@@ -454,10 +454,10 @@ class Store:
     ) -> None:
         """Store a ScoreReport: metrics, per-sample scores, signature; log a test evaluation."""
         with self.session() as s, s.begin():
-            for table in (Metric, SampleScore, Evaluation):
+            for table in (MetricRow, SampleScore, Evaluation):
                 s.execute(delete(table).where(table.run_id == run_id, table.split == split))
             s.add_all(
-                Metric(
+                MetricRow(
                     run_id=run_id,
                     split=split,
                     name=name,
@@ -514,12 +514,14 @@ class Store:
             raise ValueError(f"record_metrics: no direction for {missing}")
         with self.session() as s, s.begin():
             s.execute(
-                delete(Metric).where(
-                    Metric.run_id == run_id, Metric.split == split, Metric.name.in_(list(values))
+                delete(MetricRow).where(
+                    MetricRow.run_id == run_id,
+                    MetricRow.split == split,
+                    MetricRow.name.in_(list(values)),
                 )
             )
             s.add_all(
-                Metric(
+                MetricRow(
                     run_id=run_id,
                     split=split,
                     name=name,
@@ -529,15 +531,17 @@ class Store:
                 for name, value in values.items()
             )
 
-    def metrics(self, run_id: str, split: str) -> dict[str, Metric]:
+    def metrics(self, run_id: str, split: str) -> dict[str, MetricRow]:
         with self.session() as s:
-            rows = s.scalars(select(Metric).where(Metric.run_id == run_id, Metric.split == split))
+            rows = s.scalars(
+                select(MetricRow).where(MetricRow.run_id == run_id, MetricRow.split == split)
+            )
             return {m.name: m for m in rows}
 
     def metric_rows(self, run_ids: Iterable[str] | None = None) -> list[dict[str, Any]]:
         """Flat rows joining runs and metrics (what the table builders turn into frames)."""
-        query = select(Run.id, Run.variant, Run.preset, Run.seed, Run.purpose, Metric).join(
-            Metric, Metric.run_id == Run.id
+        query = select(Run.id, Run.variant, Run.preset, Run.seed, Run.purpose, MetricRow).join(
+            MetricRow, MetricRow.run_id == Run.id
         )
         if run_ids is not None:
             query = query.where(Run.id.in_(list(run_ids)))

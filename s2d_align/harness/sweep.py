@@ -171,13 +171,13 @@ def _shares(trials: int, workers: int) -> list[int]:
 def prepare_caches(job: SweepJob, progress: bool = False) -> None:
     """Data, tokenizer and tiny-LM pre-training of the job's base config, in the cache that its
     workers' runners use (``cache_root``, else ``results_dir/cache``)."""
-    from s2d_align.harness import pipeline
+    from s2d_align.harness import real_run
 
     cfg = job.space.base_variant.config(job.preset, job.space.seed, job.overrides)
     spec = RunSpec(preset_label(job.preset), job.space.base_variant, job.space.seed, cfg,
                    purpose="sweep", splits=("val",))  # fmt: skip
     cache = Path(job.cache_root) if job.cache_root else Path(job.results_dir) / "cache"
-    pipeline.prepare_shared(spec, cache, progress=progress)
+    real_run.prepare_shared(spec, cache, progress=progress)
 
 
 def run_sweep(job: SweepJob, trials: int, workers: int = 1, progress: bool = True) -> optuna.Study:

@@ -1,8 +1,8 @@
 """The S2D-Align model: vision encoder -> projector -> memory adapter -> LLM (+ key-phrase head).
 
-Public API (see ``MODEL_CONTRACT.md``): ``S2DModel``, ``build_model``, ``S2DOutput``,
-``save_adapter`` / ``load_adapter``, ``pretrained_tiny_llm``, ``load_llm_tokenizer``,
-``MemoryAdapter`` and ``info_nce``.
+Public API: ``S2DModel`` (the docstring of ``s2d_align.models.s2d`` gives the batch layout),
+``build_model``, ``S2DOutput``, ``save_adapter`` / ``load_adapter``, ``pretrained_tiny_llm``,
+``load_llm_tokenizer``, ``MemoryAdapter`` and ``info_nce``.
 """
 
 from s2d_align.models.adapter import load_adapter, save_adapter

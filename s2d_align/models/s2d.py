@@ -1,7 +1,14 @@
 """S2DModel: vision encoder -> projector -> memory adapter -> LLM, plus the key-phrase head.
 
-The batch layout is fixed in ``MODEL_CONTRACT.md``. The LLM reads
-``[memory-augmented visual tokens ; embed(input_ids)]``; the LM loss covers target tokens only.
+The LLM reads ``[memory-augmented visual tokens ; embed(input_ids)]``; the LM loss covers target
+tokens only. A batch (built by ``s2d_align.training.collate.Collator``) is a dict:
+
+- ``ids``: study ids; ``pixel_values [B, V, 1, H, W]`` in [0, 1]; ``view_mask [B, V]`` (bool);
+- ``input_ids`` and ``attention_mask [B, L]``: prompt + target, right-padded, for ``forward``;
+  the prompt alone, left-padded, for ``generate``;
+- training batches only: ``labels [B, L]``, ``input_ids`` with every non-target position at
+  -100; ``aux_ids`` / ``aux_mask`` (the alignment text, when ``lambda_align > 0``) and
+  ``kp_targets [B, K]`` (key-phrase multi-hot, when ``lambda_kp > 0``), else None.
 
 What trains is declared per stage (``Trainable``: ``frozen`` / ``lora`` / ``full`` per
 component). LoRA layers are injected at construction for every tower that some stage trains

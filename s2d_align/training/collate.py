@@ -1,4 +1,4 @@
-"""Batches in the layout ``S2DModel`` consumes (see MODEL_CONTRACT.md).
+"""Batches in the layout ``S2DModel`` consumes (listed in ``s2d_align.models.s2d``).
 
 Training batches are right-padded, with labels on target tokens (+ eos) only; generation batches
 hold the prompt alone, left-padded so every row ends where generation starts. What goes into a

@@ -114,11 +114,3 @@ class Dist:
         from accelerate.utils import gather_object
 
         return list(gather_object(list(objects)))
-
-    def broadcast_object(self, obj: Any) -> Any:
-        """The main process's ``obj`` on every process."""
-        if self.world == 1:
-            return obj
-        box = [obj]
-        torch_dist.broadcast_object_list(box, src=0)
-        return box[0]

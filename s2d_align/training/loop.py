@@ -33,7 +33,8 @@ from s2d_align.training.distributed import Dist
 from s2d_align.training.tracking import Tracking
 
 LOG_FILE = "train_log.jsonl"
-_RANK = {"frozen": 0, "lora": 1, "full": 2}
+# A multitask stage trains each part as much as its most trainable signal set asks.
+_TRAINABILITY_ORDER = {"frozen": 0, "lora": 1, "full": 2}
 # Parameters without weight decay: decaying a norm gain, a bias, an embedding table or the
 # memory bank shrinks them towards zero instead of regularising a linear map. Matched on names
 # (1-d tensors, i.e. biases, norm gains and the memory gate, are caught by ``ndim < 2``).
@@ -71,7 +72,7 @@ def _most_trainable(cfg: Config, stages: Sequence[StageConfig]) -> Trainable:
     resolved = [cfg.stage_trainable(s) for s in stages]
     parts = {}
     for part in ("vision", "projector", "memory", "llm", "keyphrase_head"):
-        parts[part] = max((getattr(t, part) for t in resolved), key=_RANK.__getitem__)
+        parts[part] = max((getattr(t, part) for t in resolved), key=_TRAINABILITY_ORDER.__getitem__)
     return Trainable(**parts)
 
 

@@ -66,7 +66,7 @@ from s2d_align.utils.seed import seed_everything
 log = logging.getLogger(__name__)
 
 
-def needs_keyphrases(cfg: Config, plans: Sequence[StagePlan]) -> bool:
+def needs_keyphrases(plans: Sequence[StagePlan]) -> bool:
     return any(p.needs_keyphrases for p in plans)
 
 
@@ -286,7 +286,7 @@ def _run_training(
 
     store = ContextStore()
     vocab: list[str] = []
-    if needs_keyphrases(cfg, plans):
+    if needs_keyphrases(plans):
         train = run.annotation.split("train")
         train_by_id, source = {s.id: s.report for s in train}, cfg.model.keyphrase_source
         phrases = extract_keyphrases(train_by_id, source=source, progress=progress and dist.is_main)

@@ -19,22 +19,6 @@ import numpy as np
 
 from s2d_align.data.synth.anatomy import Anatomy, sample_anatomy
 
-#: Finding types drawn in the image (pneumonia is an attribute of a consolidation).
-FINDING_TYPES = (
-    "cardiomegaly",
-    "widened_mediastinum",
-    "pleural_effusion",
-    "pneumothorax",
-    "consolidation",
-    "lung_opacity",
-    "nodule",
-    "mass",
-    "edema",
-    "atelectasis",
-    "support_device",
-    "fracture",
-    "pleural_thickening",
-)
 SIDES = ("right", "left")
 ZONES = ("upper", "middle", "lower")
 
@@ -43,7 +27,7 @@ ZONES = ("upper", "middle", "lower")
 class Finding:
     """One abnormality at an anatomical location. ``params`` are renderer details."""
 
-    type: str
+    type: str  # "cardiomegaly", "pleural_effusion"...: a key of ``phrases._WRITERS``
     severity: str = ""
     side: str | None = None  # patient side: "right", "left" or "bilateral"
     zone: str | None = None  # "upper", "middle", "lower"

@@ -200,11 +200,6 @@ def check_state(
     return state
 
 
-def load_strict(model: CheXbertModel, state: dict[str, torch.Tensor], source: str) -> None:
-    """Check ``state`` (see ``check_state``) and load it with ``strict=True``."""
-    model.load_state_dict(check_state(model, state, source), strict=True)
-
-
 class CheXbertLabeler:
     """Labels reports with a CheXbert checkpoint; see the module docstring."""
 
