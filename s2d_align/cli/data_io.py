@@ -17,6 +17,11 @@ from s2d_align.cli.vocab import command, option
 from s2d_align.data.r2gen import DATASETS, SPLITS
 
 
+def _add_data_dir(p) -> None:
+    option(p, "--data-dir", "--out", required=True, type=Path, metavar="DIR",
+           help="dataset folder to write annotation.json into")  # fmt: skip
+
+
 def register(group: argparse._SubParsersAction) -> None:
     p = command(
         group,
@@ -34,15 +39,7 @@ def register(group: argparse._SubParsersAction) -> None:
         metavar="PATH",
         help="NLMCXR_reports.tgz or its extracted folder",
     )
-    option(
-        p,
-        "--data-dir",
-        "--out",
-        required=True,
-        type=Path,
-        metavar="DIR",
-        help="dataset folder to write annotation.json into",
-    )
+    _add_data_dir(p)
     p.add_argument("--images", type=Path, help="folder of NLMCXR PNGs; checks every image exists")
     p.add_argument("--seed", type=int, default=0, help="seed of the 7:1:2 split")
     p.add_argument(
@@ -59,15 +56,7 @@ def register(group: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--root", required=True, type=Path, help="MIMIC-CXR-JPG folder (split CSV, files/)"
     )
-    option(
-        p,
-        "--data-dir",
-        "--out",
-        required=True,
-        type=Path,
-        metavar="DIR",
-        help="dataset folder to write annotation.json into",
-    )
+    _add_data_dir(p)
     option(
         p,
         "--report-texts",

@@ -80,6 +80,16 @@ def _grid(n: int, max_cols: int) -> tuple[int, int]:
     return -(-n // cols), cols
 
 
+def _panels(n: int, height: float, *, max_cols: int = 4, sharey: bool = False) -> tuple[Any, Any]:
+    """A full-width figure of ``n`` panels, at most ``max_cols`` a row (unused cells hidden)."""
+    rows, cols = _grid(n, max_cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(FULL_WIDTH, height), squeeze=False,
+                             sharey=sharey, layout="constrained")  # fmt: skip
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, axes
+
+
 def _title(fig: Any, text: str) -> None:
     """A figure title wrapped to the figure's width (8 pt)."""
     chars = int(fig.get_figwidth() * 72 / (8 * 0.52))
@@ -120,14 +130,11 @@ def ablation_bars(
     ref_order = order_variants(ref_rows["variant"].unique())
     order = order_variants(frame["variant"].unique())
     palette = colours_for(order, colours)
-    rows, cols = _grid(len(names), 4)
+    rows, _ = _grid(len(names), 4)
     height = rows * (0.12 * len(order) + 0.7) + (0.75 if ref_order else 0.45)
     ys = {v: i for i, v in enumerate(order)}
     with paper():
-        fig, axes = plt.subplots(rows, cols, figsize=(FULL_WIDTH, height), squeeze=False,
-                                 sharey=True, layout="constrained")  # fmt: skip
-        for ax in axes.flat[len(names) :]:
-            ax.set_visible(False)
+        fig, axes = _panels(len(names), height, sharey=True)
         for ax, name in zip(axes.flat, names, strict=False):
             sub = frame[frame["metric"] == name]
             means = sub.groupby("variant")["value"].mean()
@@ -171,13 +178,10 @@ def delta_forest(
     if not names or not variants:
         return None
     palette = colours_for(variants, colours)
-    rows, cols = _grid(len(names), 4)
+    rows, _ = _grid(len(names), 4)
     height = rows * (0.13 * len(variants) + 0.75) + 0.5
     with paper():
-        fig, axes = plt.subplots(rows, cols, figsize=(FULL_WIDTH, height), squeeze=False,
-                                 sharey=True, layout="constrained")  # fmt: skip
-        for ax in axes.flat[len(names) :]:
-            ax.set_visible(False)
+        fig, axes = _panels(len(names), height, sharey=True)
         for ax, name in zip(axes.flat, names, strict=False):
             for y, variant in enumerate(variants):
                 c = table.rows[variant].get(name)
@@ -326,14 +330,11 @@ def training_curves(
     order = order_variants(frame["variant"].unique())
     palette = colours_for(order, colours)
     window = max(1, int(frame["step"].max()) // 25)
-    rows, cols = _grid(len(terms), 3)
+    rows, _ = _grid(len(terms), 3)
     legend_rows = -(-len(order) // 6)
     height = rows * 2.0 + 0.25 * legend_rows + 0.6
     with paper():
-        fig, axes = plt.subplots(rows, cols, figsize=(FULL_WIDTH, height), squeeze=False,
-                                 layout="constrained")  # fmt: skip
-        for ax in axes.flat[len(terms) :]:
-            ax.set_visible(False)
+        fig, axes = _panels(len(terms), height, max_cols=3)
         for ax, term in zip(axes.flat, terms, strict=False):
             sub = frame[frame["term"] == term]
             for variant in order:
