@@ -57,11 +57,13 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """Ruff lint and format check over the package, tests, benchmarks and the noxfile."""
-    session.install("ruff>=0.6")
+    """Ruff lint and format check, then the import contracts of pyproject.toml (lint-imports)."""
+    session.install("ruff>=0.6", "import-linter>=2.0")
     targets = [t for t in ("s2d_align", "tests", "bench", "noxfile.py") if os.path.exists(t)]
     session.run("ruff", "check", *targets, *session.posargs)
     session.run("ruff", "format", "--check", *targets)
+    # The layering (lower layers never import the harness or the CLI) as a checked contract.
+    session.run("lint-imports")
 
 
 @nox.session

@@ -1,0 +1,1 @@
+"""The harness: variants, planning and running grids, the results store, sweeps, reports."""
