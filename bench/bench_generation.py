@@ -28,8 +28,8 @@ BATCH = 32
 @pytest.mark.benchmark(group="generation")
 def test_generation_batch_vs_one(benchmark, default_run):
     from s2d_align.inference.generate import load_run
+    from s2d_align.inference.passes import generate_rows
     from s2d_align.training.distributed import torch_threads
-    from s2d_align.training.predict import generate_rows
 
     run = load_run(default_run["run_dir"], cache_root=cache_root())
     with torch_threads(run.cfg.train.num_threads):

@@ -65,12 +65,12 @@ def _grid(specs, out, jobs: int) -> dict:
 
 @pytest.mark.benchmark(group="grid")
 def test_grid_overhead(benchmark, tmp_path):
-    from s2d_align.harness.real_run import prepare_shared
-    from s2d_align.harness.runner import plan_grid
+    from s2d_align.harness.plan import plan_grid
     from s2d_align.harness.variants import load_variants
+    from s2d_align.training.cache import prepare_shared
 
     specs = plan_grid("smoke", load_variants(GRID_VARIANTS), GRID_SEEDS)
-    prepare_shared(specs[0], cache_root())
+    prepare_shared(specs[0].config, cache_root())
     got = benchmark.pedantic(
         _grid, args=(specs, tmp_path / "results", JOBS), rounds=1, iterations=1
     )
@@ -118,12 +118,12 @@ def _corpora():
 
 
 def _fresh(refs, runs, cfg):
-    from s2d_align.evaluation.score import score_corpus
+    from s2d_align.evaluation.score import ScoringContext, score_corpus
 
     reports, seconds = [], []
     for preds in runs:
         start = time.perf_counter()
-        reports.append(score_corpus(preds, refs, cfg.eval, manifest_hash="bench-500"))
+        reports.append(score_corpus(preds, refs, cfg.eval, ScoringContext("bench-500")))
         seconds.append(time.perf_counter() - start)
     return reports, seconds
 

@@ -19,7 +19,7 @@ from s2d_align.data.synth.grammar import write_report
 from s2d_align.evaluation.labelers import get_labeler
 from s2d_align.evaluation.nlg import NLG_METRICS
 from s2d_align.evaluation.profiles import get_profile
-from s2d_align.evaluation.score import reference_labels, score_corpus
+from s2d_align.evaluation.score import ScoringContext, reference_labels, score_corpus
 
 N_PAIRS = 1000
 MANIFEST = "bench-1000-" + "0" * 53  # any fixed string: it keys the label cache
@@ -49,8 +49,7 @@ def test_score_1000_pairs(benchmark, tmp_path):
 
     report = benchmark.pedantic(
         score_corpus,
-        args=(preds, refs, cfg),
-        kwargs={"manifest_hash": MANIFEST, "cache_dir": cache},
+        args=(preds, refs, cfg, ScoringContext(MANIFEST, cache_dir=cache)),
         rounds=1,
         iterations=1,
     )

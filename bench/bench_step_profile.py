@@ -43,7 +43,7 @@ def run_batches(run_dir) -> tuple[dict[str, list[np.ndarray]], float]:
     from s2d_align.training.data import ResumableBatchSampler, StudyDataset, load_run_annotation
     from s2d_align.training.keyphrases import extract_keyphrases, vocab_keyphrases
     from s2d_align.training.loop import plan_stages
-    from s2d_align.training.retrieval import RETRIEVAL_DIR, RetrievalIndex, load_neighbours
+    from s2d_align.training.retrieval import RETRIEVAL_DIR, load_references
 
     cfg = config("default")  # the full run's schedule, not the shortened run's
     run = load_run(run_dir, cache_root=cache_root())
@@ -52,15 +52,15 @@ def run_batches(run_dir) -> tuple[dict[str, list[np.ndarray]], float]:
     pixels, view_mask = pixel_batch([train[0]])
     n_visual = int(run.model.encode(pixels, view_mask).mask.sum())
 
-    store = ContextStore()
-    folder = run.run_dir / RETRIEVAL_DIR
-    index = RetrievalIndex.load(folder)
-    store.reference_reports = dict(zip(index.ids, index.reports, strict=True))
-    store.references = dict(load_neighbours(folder)["train"])
     reports = {s.id: s.report for s in studies}
     phrases = extract_keyphrases(reports, source=cfg.model.keyphrase_source)
-    store.keyphrases = vocab_keyphrases(phrases, run.vocab)
-    store.all_keyphrases = extract_keyphrases(reports, source="all")
+    store = ContextStore(
+        values={
+            "reference": load_references(run.run_dir / RETRIEVAL_DIR, "train"),
+            "keyphrases": vocab_keyphrases(phrases, run.vocab),
+        },
+        align={"keyphrases": extract_keyphrases(reports, source="all")},
+    )
 
     sampler = ResumableBatchSampler(len(train), cfg.train.batch_size, seed=cfg.seed)
     out: dict[str, list[np.ndarray]] = defaultdict(list)

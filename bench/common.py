@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from s2d_align.config import Config, load_config
-from s2d_align.training.run_dir import default_cache_root
+from s2d_align.training.cache import resolve_cache_root
 
 BENCH_DIR = Path(__file__).resolve().parent
 
@@ -35,7 +35,7 @@ ONE_TIME: dict[str, float] = {}
 
 
 def cache_root() -> Path:
-    return default_cache_root()
+    return resolve_cache_root(None)
 
 
 def config(preset: str, overrides: Sequence[str] = ()) -> Config:
@@ -44,7 +44,7 @@ def config(preset: str, overrides: Sequence[str] = ()) -> Config:
 
 def prepare(preset: str, overrides: Sequence[str] = ()) -> Config:
     """Build ``preset``'s shared caches once per process (timed into ``ONE_TIME``)."""
-    from s2d_align.training.pipeline import prepare_shared
+    from s2d_align.training.cache import prepare_shared
 
     cfg = config(preset, overrides)
     key = " ".join([preset, *overrides])
@@ -87,24 +87,19 @@ def split_inputs(run: Any, split: str, limit: int, *, context: str | None = None
     loaded run, as ``generate_loaded`` prepares them for a whole split (references from the
     run's retrieval index, key phrases predicted with its tuned thresholds)."""
     from s2d_align.inference.generate import keyphrase_thresholds
-    from s2d_align.training.collate import ContextStore, resolve_inference_context
+    from s2d_align.inference.keyphrase_prediction import predicted_keyphrases
+    from s2d_align.training.collate import build_context, resolve_inference_context
     from s2d_align.training.data import StudyDataset, load_run_annotation
-    from s2d_align.training.predict import predicted_keyphrases
-    from s2d_align.training.retrieval import RETRIEVAL_DIR, RetrievalIndex, load_neighbours
+    from s2d_align.training.signals import SignalInputs
 
     ctx = resolve_inference_context(run.cfg, context)
     studies = load_run_annotation(run.cfg, cache_root()).split(split)[:limit]
     dataset = StudyDataset(
         studies, image_size=run.cfg.data.image_size, max_views=run.cfg.data.max_views
     )
-    store = ContextStore()
-    if ctx.reference:
-        folder = run.run_dir / RETRIEVAL_DIR
-        index = RetrievalIndex.load(folder)
-        store.reference_reports = dict(zip(index.ids, index.reports, strict=True))
-        store.references = dict(load_neighbours(folder)[split])
-    if ctx.keyphrases == "predicted":
-        store.predicted = predicted_keyphrases(
+    provided = {}
+    if ctx.source("keyphrases") == "run":
+        provided["keyphrases"] = predicted_keyphrases(
             run.model,
             dataset,
             run.builder,
@@ -112,7 +107,8 @@ def split_inputs(run: Any, split: str, limit: int, *, context: str | None = None
             dist=run.dist,
             batch_size=run.cfg.inference.batch_size,
         )
-    return dataset, store, ctx
+    inputs = SignalInputs(run.cfg, studies, split, run.run_dir, run.vocab)
+    return dataset, build_context(ctx.signals, inputs, provided), ctx
 
 
 class GenerateSpy:

@@ -35,9 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     from common import GenerateSpy, cache_root, config, split_inputs
 
     from s2d_align.inference.generate import load_run
+    from s2d_align.inference.passes import generate_rows
     from s2d_align.training.distributed import torch_threads
     from s2d_align.training.pipeline import run_training
-    from s2d_align.training.predict import generate_rows
 
     cfg = config(args.preset, args.override)
     imported = time.perf_counter()

@@ -208,7 +208,8 @@ class FakeScorer:
 def small_results_store(tmp_path: Path) -> tuple[Path, list[str]]:
     """A results folder holding a finished fake grid (sft and s2d, seed 0, 4 steps) and its
     run ids: what the CLI tests of stored results read."""
-    from s2d_align.harness.runner import Runner, plan_grid
+    from s2d_align.harness.plan import plan_grid
+    from s2d_align.harness.runner import Runner
     from s2d_align.harness.store import Store
     from s2d_align.harness.variants import load_variants
 

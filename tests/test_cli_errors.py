@@ -17,7 +17,8 @@ import pytest
 from PIL import Image
 
 from s2d_align.cli.main import main
-from s2d_align.harness.runner import Runner, plan_grid
+from s2d_align.harness.plan import plan_grid
+from s2d_align.harness.runner import Runner
 from s2d_align.harness.store import Store
 from s2d_align.harness.variants import load_variants
 

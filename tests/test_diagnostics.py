@@ -317,6 +317,7 @@ def test_cached_sentence_scores_equal_the_full_passes(tmp_path):
 
     from s2d_align.training.collate import Collator, ContextStore, StageContext
     from s2d_align.training.prompts import PromptBuilder
+    from s2d_align.training.retrieval import ReferenceTexts
 
     tokenizer = make_tokenizer(tmp_path)
     cfg = model_config(memory=False)
@@ -340,11 +341,11 @@ def test_cached_sentence_scores_equal_the_full_passes(tmp_path):
              rng.integers(0, 255, (2, 32, 32), dtype=np.uint8), 1 + i % 2)
         for i in range(3)
     ]  # fmt: skip
-    store = ContextStore(
-        references={f"s{i}": [f"r{i}"] for i in range(3)},
-        reference_reports={f"r{i}": text for i, text in enumerate(refs)},
+    references = ReferenceTexts(
+        {f"s{i}": [f"r{i}"] for i in range(3)}, {f"r{i}": text for i, text in enumerate(refs)}
     )
-    batch = Collator(builder, store, [StageContext(reference=True)], generate=True)(items)
+    store = ContextStore(values={"reference": references})
+    batch = Collator(builder, store, [StageContext(signals=("reference",))], generate=True)(items)
     assert not batch["attention_mask"].bool().all()  # prompts of different lengths
     sentences = ["The heart is enlarged", "Small left pleural effusion"]
     targets = [tokenizer(s, add_special_tokens=False)["input_ids"] for s in sentences]
@@ -463,7 +464,8 @@ def preset(tmp_path: Path) -> Path:
 
 
 def test_runner_records_diagnostics_within_the_one_test_evaluation(tmp_path, preset):
-    from s2d_align.harness.runner import Runner, plan_grid
+    from s2d_align.harness.plan import plan_grid
+    from s2d_align.harness.runner import Runner
     from s2d_align.harness.store import Store
     from s2d_align.harness.variants import load_variants
 
@@ -504,7 +506,8 @@ def test_runner_records_diagnostics_within_the_one_test_evaluation(tmp_path, pre
 
 
 def test_a_failed_permuted_scoring_records_nothing_of_the_test_split(tmp_path, preset):
-    from s2d_align.harness.runner import Runner, plan_grid
+    from s2d_align.harness.plan import plan_grid
+    from s2d_align.harness.runner import Runner
     from s2d_align.harness.store import Store
     from s2d_align.harness.variants import load_variants
 
@@ -522,8 +525,9 @@ def test_a_failed_permuted_scoring_records_nothing_of_the_test_split(tmp_path, p
 
 
 def test_diagnostics_table_shows_mean_and_sd_over_seeds(tmp_path, preset):
+    from s2d_align.harness.plan import plan_grid
     from s2d_align.harness.reports import preset_report
-    from s2d_align.harness.runner import Runner, plan_grid
+    from s2d_align.harness.runner import Runner
     from s2d_align.harness.store import Store
     from s2d_align.harness.variants import load_variants
 

@@ -95,7 +95,7 @@ def test_a_grid_killed_several_times_ends_with_the_uninterrupted_table(tmp_path_
 @pytest.mark.java
 def test_the_smoke_pipeline_needs_no_network(tmp_path_factory, tmp_path, monkeypatch):
     """Data, training, generation and scoring with every socket connection refused."""
-    from s2d_align.evaluation.score import score_corpus
+    from s2d_align.evaluation.score import ScoringContext, score_corpus
     from s2d_align.inference.generate import generate_split
     from s2d_align.training.data import load_run_annotation
     from s2d_align.training.pipeline import run_training
@@ -117,7 +117,7 @@ def test_the_smoke_pipeline_needs_no_network(tmp_path_factory, tmp_path, monkeyp
     ann = load_run_annotation(cfg, cache)
     refs = {s.id: s.report for s in ann.split("test")}
     report = score_corpus(
-        {r["id"]: r["prediction"] for r in rows}, refs, cfg.eval, manifest_hash="0" * 64
+        {r["id"]: r["prediction"] for r in rows}, refs, cfg.eval, ScoringContext("0" * 64)
     )
     assert 0.0 <= report.metrics["BLEU_1"].value <= 1.0
     assert report.metrics["ce/u0/14/micro/f1"].value >= 0.0

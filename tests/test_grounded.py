@@ -30,7 +30,7 @@ from s2d_align.evaluation.grounded import (
     statistic_from_counts,
 )
 from s2d_align.evaluation.nlg import BLEU_STAT_COLUMNS, NLG_METRICS, NLGResult
-from s2d_align.evaluation.score import compare_corpora, score_corpus
+from s2d_align.evaluation.score import ScoringContext, compare_corpora, score_corpus
 
 
 def counts(prediction: str, reference: str) -> tuple[int, int, int]:
@@ -279,7 +279,7 @@ LEFT_RIGHT_SWAPPED = {
 def test_score_corpus_returns_grounded_metrics_with_cis_counts_and_signature():
     cfg = EvalConfig(bootstrap=200)
     report = score_corpus(
-        LEFT_RIGHT_SWAPPED, REFS, cfg, manifest_hash="0" * 64, nlg_scorer=StubNLG()
+        LEFT_RIGHT_SWAPPED, REFS, cfg, ScoringContext("0" * 64, nlg_scorer=StubNLG())
     )
     direct = grounded_scores(list(LEFT_RIGHT_SWAPPED.values()), list(REFS.values()))
     for name in GROUNDED_METRICS:
@@ -304,8 +304,8 @@ def test_score_corpus_returns_grounded_metrics_with_cis_counts_and_signature():
 def test_compare_corpora_tests_the_grounded_metrics_paired():
     cfg = EvalConfig(bootstrap=50)
     comparison = compare_corpora(
-        REFS, LEFT_RIGHT_SWAPPED, REFS, cfg, manifest_hash="0" * 64, trials=999,
-        nlg_scorer=StubNLG(),
+        REFS, LEFT_RIGHT_SWAPPED, REFS, cfg, ScoringContext("0" * 64, nlg_scorer=StubNLG()),
+        trials=999,
     )  # fmt: skip
     for name in GROUNDED_METRICS:
         test = comparison.tests[name]

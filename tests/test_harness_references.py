@@ -15,6 +15,7 @@ from s2d_align.config import load_config
 from s2d_align.config.schema import EvalConfig
 from s2d_align.errors import DataError
 from s2d_align.evaluation.labelers import get_labeler
+from s2d_align.harness.plan import plan_grid
 from s2d_align.harness.references import (
     REFERENCE_PURPOSE,
     PipelineReferences,
@@ -24,7 +25,7 @@ from s2d_align.harness.references import (
 )
 from s2d_align.harness.reports.data import load_preset, order_variants
 from s2d_align.harness.reports.tables import ablation_table, to_csv, to_latex, to_markdown
-from s2d_align.harness.runner import Runner, plan_grid
+from s2d_align.harness.runner import Runner
 from s2d_align.harness.store import Store
 from s2d_align.harness.variants import load_variants
 

@@ -12,11 +12,12 @@ import harness_fakes as fakes
 import numpy as np
 import pytest
 
-from s2d_align.evaluation.nlg import BLEU_STAT_COLUMNS, bleu_from_stats
-from s2d_align.evaluation.score import BLEU_STAT_PREFIX
+from s2d_align.evaluation.metrics import CORPUS, SENTENCE_MEAN
+from s2d_align.evaluation.nlg import BLEU_STAT_COLUMNS, BLEU_STAT_PREFIX, bleu_from_stats
+from s2d_align.harness.plan import plan_grid
 from s2d_align.harness.reports import build_reports
 from s2d_align.harness.reports.data import load_preset
-from s2d_align.harness.reports.significance import CORPUS, SENTENCE_MEAN, PairedTests, RunPair
+from s2d_align.harness.reports.significance import PairedTests, RunPair
 from s2d_align.harness.reports.tables import (
     _holm,
     ablation_table,
@@ -24,7 +25,7 @@ from s2d_align.harness.reports.tables import (
     to_latex,
     to_markdown,
 )
-from s2d_align.harness.runner import Runner, plan_grid
+from s2d_align.harness.runner import Runner
 from s2d_align.harness.spec import RunArtifacts, Scored, SplitReferences, TrainSummary
 from s2d_align.harness.store import Store
 from s2d_align.harness.variants import load_variants

@@ -10,13 +10,9 @@ import harness_fakes as fakes
 import pytest
 
 from s2d_align.errors import ConfigError
-from s2d_align.harness.runner import (
-    DEFAULT_SECONDS_PER_STEP,
-    Runner,
-    TestSetLockError,
-    auto_jobs,
-    plan_grid,
-)
+from s2d_align.harness.grid import auto_jobs
+from s2d_align.harness.plan import DEFAULT_SECONDS_PER_STEP, estimate, plan_grid
+from s2d_align.harness.runner import Runner, TestSetLockError
 from s2d_align.harness.spec import RunSpec
 from s2d_align.harness.store import Store, storage_url
 from s2d_align.harness.variants import load_variant, load_variants
@@ -157,12 +153,12 @@ def test_a_changed_config_is_a_new_run(tmp_path, preset):
 def test_dry_run_estimate_uses_store_timings_once_there_are_some(tmp_path, preset):
     runner = make_runner(tmp_path)
     specs = plan_grid(preset, load_variants(["sft", "s2d"]), [0])
-    rows, source = runner.estimate(specs)
+    rows, source = estimate(runner.store, specs)
     assert "constant" in source
     assert all(r["state"] == "pending" and r["steps"] == 10 for r in rows)
     assert rows[0]["est_s"] >= 10 * DEFAULT_SECONDS_PER_STEP
     runner.run_grid(specs[:1])
-    rows, source = runner.estimate(specs)
+    rows, source = estimate(runner.store, specs)
     assert "previous tiny runs" in source
     assert rows[0]["state"] == "complete" and rows[0]["est_s"] == 0
     assert 0 < rows[1]["est_s"] < 10 * DEFAULT_SECONDS_PER_STEP  # fakes are fast
@@ -270,3 +266,15 @@ def test_each_run_folder_records_where_every_config_value_came_from(tmp_path, pr
     assert sources["model.memory.enabled"].startswith("variant:")  # s2d, which it extends
     assert sources["train.batch_size"] == "default"
     assert set(sources) >= {"model.trainable.vision", "stages.2.lambda_kp"}
+
+
+def test_plan_grid_names_the_variant_of_an_unknown_signal(tmp_path, preset):
+    # Signal names are strings checked against the registry: a typo in a variant's stage
+    # context must fail when the grid is planned, before anything trains, naming the variant.
+    path = tmp_path / "typo.yaml"
+    path.write_text(
+        "name: typo\nversion: 1\nextends: s2d\ndescription: a context typo\n"
+        "overrides:\n  stages:\n    reference: {context: [referenc]}\n"
+    )
+    with pytest.raises(ConfigError, match=r"variant 'typo'.*referenc"):
+        plan_grid(preset, [load_variant(path)], [0])

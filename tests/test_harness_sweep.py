@@ -281,19 +281,19 @@ def test_real_pipeline_val_scores_mid_run_reach_the_hooks(tmp_path):
 
 
 def test_a_real_sweep_prepares_the_base_configs_caches_where_its_runners_look(setup, monkeypatch):
-    from s2d_align.harness import real_run
     from s2d_align.harness.sweep import prepare_caches
+    from s2d_align.training import cache as shared_cache
 
     preset, space, results = setup
     seen = []
-    monkeypatch.setattr(real_run, "prepare_shared",
-                        lambda spec, cache, progress=False: seen.append((spec, cache)))  # fmt: skip
+    monkeypatch.setattr(shared_cache, "prepare_shared",
+                        lambda cfg, cache, progress=False: seen.append((cfg, cache)))  # fmt: skip
     job = SweepJob(preset=str(preset), space=space, storage_url=storage_url(None, results),
                    study_name="t", results_dir=str(results), overrides=("train.lr=0.002",))  # fmt: skip
     prepare_caches(job)
-    ((spec, cache),) = seen
+    ((cfg, cache),) = seen
     assert cache == Path(results) / "cache"  # Runner's default cache_root for results_dir
     assert Runner(Store.open(None, results), results, run_fn=fakes.fake_run_fn,
                   scorer=fakes.FakeScorer(), progress=False).cache_root == cache  # fmt: skip
-    assert spec.config.train.lr == 0.002 and spec.variant.name == space.base_variant.name
-    assert spec.splits == ("val",) and spec.purpose == "sweep"
+    base = space.base_variant.config(str(preset), space.seed, ("train.lr=0.002",))
+    assert cfg == base and cfg.train.lr == 0.002  # the base variant with the job's overrides

@@ -14,8 +14,8 @@ from s2d_align.config import find_ablations_dir, load_config, to_dict
 from s2d_align.config.loader import from_dict
 from s2d_align.config.schema import StageConfig
 from s2d_align.errors import ConfigError
+from s2d_align.harness.plan import plan_grid
 from s2d_align.harness.reports.data import order_variants
-from s2d_align.harness.runner import plan_grid
 from s2d_align.harness.space import available_spaces, load_space
 from s2d_align.harness.variants import (
     VARIANTS_ENV,

@@ -63,7 +63,7 @@ def test_import_iu_folder_and_tgz_agree(tmp_path: Path) -> None:
     a1 = json.loads((tmp_path / "out_dir" / "annotation.json").read_text())
     a2 = json.loads((tmp_path / "out_tgz" / "annotation.json").read_text())
     assert a1 == a2
-    assert s1["counts"] == s2["counts"] == {"train": 8, "val": 1, "test": 2}  # 11 kept, 7:1:2
+    assert s1.counts == s2.counts == {"train": 8, "val": 1, "test": 2}  # 11 kept, 7:1:2
 
     entries = {e["id"]: e for split in a1.values() for e in split}
     cxr1 = entries["CXR1"]
@@ -80,6 +80,11 @@ def test_import_iu_folder_and_tgz_agree(tmp_path: Path) -> None:
     assert summary["fewer_than_2_images"] == ["CXR13"] and "CXR13" in entries
     assert summary["views_per_study"] == {"1": 1, "2": 10}
     assert summary["xml_files"] == 14 and summary["section"] == "findings"
+    assert s1.record == summary  # the returned record is what the file holds
+    assert (s1.dropped_no_findings, s1.skipped_bad, s1.image_root) == (2, 0, None)
+    assert s1.notes == (
+        "1 studies have fewer than 2 images (kept); views per study: {'1': 1, '2': 10}",
+    )
 
 
 def test_iu_split_depends_on_seed_only(tmp_path: Path) -> None:
@@ -103,7 +108,7 @@ def test_iu_output_loads_and_images_check(tmp_path: Path) -> None:
         for image_id in parse_report_xml(text.encode(), "x").images:
             write_image(images / f"{image_id}.png")
     summary = import_iu(folder, tmp_path / "out", images=images)
-    assert summary["images_checked"] and summary["image_root"] == str(images)
+    assert summary.record["images_checked"] and summary.image_root == str(images)
     ann = load_annotation(
         tmp_path / "out" / "annotation.json", images, dataset="iu_xray", check_images=True
     )
@@ -115,8 +120,8 @@ def test_iu_output_loads_and_images_check(tmp_path: Path) -> None:
     ):
         import_iu(folder, tmp_path / "out2", images=images)
     summary = import_iu(folder, tmp_path / "out2", images=images, skip_bad=True)
-    assert summary["dropped_missing_images"]["count"] == 1
-    assert summary["dropped_missing_images"]["entries"][0]["id"] == "CXR2"
+    assert summary.record["dropped_missing_images"]["count"] == 1
+    assert summary.record["dropped_missing_images"]["entries"][0]["id"] == "CXR2"
 
 
 def test_iu_malformed_xml_and_duplicates(tmp_path: Path) -> None:
@@ -131,7 +136,8 @@ def test_iu_malformed_xml_and_duplicates(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"r\.tgz:ecgen-radiology/3\.xml: malformed XML"):
         import_iu(tgz, tmp_path / "out")
     summary = import_iu(folder, tmp_path / "out", skip_bad=True)
-    bad = {Path(e["file"]).name: e["reason"] for e in summary["skipped_bad"]["entries"]}
+    bad = {Path(e["file"]).name: e["reason"] for e in summary.record["skipped_bad"]["entries"]}
+    assert summary.skipped_bad == 3
     assert set(bad) == {"3.xml", "dup.xml", "noid.xml"}
     assert "duplicate study id 'CXR2'" in bad["dup.xml"] and "no <uId" in bad["noid.xml"]
     ids = {
@@ -247,9 +253,17 @@ def test_import_mimic_rows_sections_and_splits(tmp_path: Path) -> None:
         "impression": "No acute cardiopulmonary process.",
     }
     assert [e["split"] for e in ann_json["val"]] == ["val"]
-    assert summary["counts"] == {"train": 2, "val": 1, "test": 3}
-    assert summary["studies"] == {"train": 1, "val": 1, "test": 1}
-    assert summary["dropped_no_findings"] == {"studies": 1, "rows": 1, "study_ids": ["50000002"]}
+    assert summary.counts == {"train": 2, "val": 1, "test": 3}
+    assert summary.record["studies"] == {"train": 1, "val": 1, "test": 1}
+    assert summary.record["dropped_no_findings"] == {
+        "studies": 1,
+        "rows": 1,
+        "study_ids": ["50000002"],
+    }
+    assert (summary.dropped_no_findings, summary.skipped_bad) == (1, 0)
+    assert summary.image_root == str(root)
+    assert summary.notes == ("studies per split: train 1, val 1, test 1",)
+    assert summary.record == json.loads((tmp_path / "out" / "import_summary.json").read_text())
 
     ann = load_annotation(
         tmp_path / "out" / "annotation.json",
@@ -271,7 +285,7 @@ def test_import_mimic_separate_reports_and_gz_csv(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="report not found"):
         import_mimic(root, tmp_path / "out")
     summary = import_mimic(root, tmp_path / "out", reports=tmp_path / "reports")
-    assert summary["counts"]["test"] == 3
+    assert summary.counts["test"] == 3
 
 
 @pytest.mark.parametrize(
@@ -296,8 +310,8 @@ def test_import_mimic_bad_rows_name_csv_line(tmp_path: Path, mutate, expected: s
     with pytest.raises(DataError, match=r"mimic-cxr-2\.0\.0-split\.csv" + expected):
         import_mimic(root, tmp_path / "out")
     summary = import_mimic(root, tmp_path / "out", skip_bad=True)
-    assert summary["skipped_bad"]["count"] >= 1
-    assert all(e["line"] and e["reason"] for e in summary["skipped_bad"]["entries"])
+    assert summary.skipped_bad >= 1
+    assert all(e["line"] and e["reason"] for e in summary.record["skipped_bad"]["entries"])
 
 
 def test_import_mimic_bad_csv(tmp_path: Path) -> None:
@@ -332,6 +346,7 @@ def test_cli_import_iu_and_mimic(tmp_path: Path, capsys: pytest.CaptureFixture[s
     )
     out = capsys.readouterr().out
     assert "dropped 2 studies without a FINDINGS section" in out
+    assert "1 studies have fewer than 2 images (kept)" in out
     assert (tmp_path / "iu" / "import_summary.json").is_file()
 
     bad = write_iu_folder(tmp_path / "bad", {"1.xml": "<eCitation>"})

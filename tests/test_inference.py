@@ -39,13 +39,13 @@ from s2d_align.utils.io import read_json, read_jsonl
 def test_auto_context_is_the_richest_trained_one_and_never_the_oracle(variant, expected):
     ctx = resolve_inference_context(tiny_config(variant=variant))
     assert ctx.name == expected
-    assert ctx.keyphrases != "oracle"
+    assert not ctx.oracle
 
 
 def test_oracle_and_unknown_contexts():
     cfg = tiny_config()
     oracle = resolve_inference_context(cfg, "oracle_keyphrases")
-    assert oracle.keyphrases == "oracle" and oracle.reference
+    assert oracle.source("keyphrases") == "oracle" and oracle.source("reference") == "run"
     with pytest.raises(ConfigError, match="unknown inference context"):
         resolve_inference_context(cfg, "image+everything")
 
@@ -145,7 +145,7 @@ def test_an_unfinished_run_is_refused(tmp_path):
 def test_smoke_preset_trains_generates_and_scores(tmp_path_factory, tmp_path):
     from s2d_align.config import load_config
     from s2d_align.data.audit import manifest_hash
-    from s2d_align.evaluation.score import score_corpus
+    from s2d_align.evaluation.score import ScoringContext, score_corpus
     from s2d_align.training.pipeline import run_training
 
     cfg = load_config("smoke")
@@ -158,8 +158,7 @@ def test_smoke_preset_trains_generates_and_scores(tmp_path_factory, tmp_path):
         {r["id"]: r["prediction"] for r in rows},
         ann.reports("test"),
         cfg.eval,
-        manifest_hash=manifest_hash(ann, "test"),
-        cache_dir=tmp_path / "labels",
+        ScoringContext(manifest_hash(ann, "test"), cache_dir=tmp_path / "labels"),
     )
     for name in ("BLEU_1", "BLEU_4", "ROUGE_L", "CIDEr", report.headline):
         assert np.isfinite(report.metrics[name].value)

@@ -11,6 +11,7 @@ from s2d_align.errors import DataError
 from s2d_align.evaluation.analyser import KeyPhrase
 from s2d_align.evaluation.stats import auroc
 from s2d_align.inference.keyphrase_eval import keyphrase_head_metrics
+from s2d_align.inference.keyphrase_prediction import load_threshold
 from s2d_align.training.keyphrases import (
     THRESHOLD_FILE,
     THRESHOLD_GRID,
@@ -27,7 +28,6 @@ from s2d_align.training.keyphrases import (
     save_vocab,
     tune_phrase_thresholds,
 )
-from s2d_align.training.predict import load_threshold
 from s2d_align.utils.io import read_json, write_json
 
 REPORTS = {

@@ -23,7 +23,8 @@ from pg_fixtures import postgres_url
 
 from s2d_align.errors import ConfigError
 from s2d_align.harness.ownership import Owner
-from s2d_align.harness.runner import Runner, plan_grid
+from s2d_align.harness.plan import plan_grid
+from s2d_align.harness.runner import Runner
 from s2d_align.harness.store import Store
 from s2d_align.harness.variants import load_variants
 

@@ -16,6 +16,7 @@ from matplotlib.colors import to_hex
 from matplotlib.text import Text
 from PIL import Image
 
+from s2d_align.harness.plan import plan_grid
 from s2d_align.harness.reports import build_reports, figures, qualitative
 from s2d_align.harness.reports.style import (
     AGREEMENT,
@@ -28,7 +29,7 @@ from s2d_align.harness.reports.style import (
     variant_colours,
 )
 from s2d_align.harness.reports.tables import AblationTable, Cell, to_latex
-from s2d_align.harness.runner import Runner, plan_grid
+from s2d_align.harness.runner import Runner
 from s2d_align.harness.store import Store
 from s2d_align.harness.variants import load_variants
 

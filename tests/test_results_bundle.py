@@ -214,7 +214,8 @@ def test_the_store_file_itself_is_not_taken_for_a_bundle(grid, tmp_path, capsys)
 def test_strip_cuts_this_machines_folders_from_recorded_paths(tmp_path):
     """A bundle to commit names no folder of the machine that made it; without --strip the
     store is copied exactly (the round-trip tests)."""
-    from s2d_align.harness.runner import Runner, plan_grid
+    from s2d_align.harness.plan import plan_grid
+    from s2d_align.harness.runner import Runner
     from s2d_align.harness.variants import load_variants
 
     results = tmp_path / "results"

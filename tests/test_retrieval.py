@@ -61,6 +61,25 @@ def test_index_round_trips_through_files(tmp_path):
     assert torch.equal(back.embeddings, index.embeddings)
 
 
+def test_references_read_back_from_the_folder_join_the_k_reports_of_one_split(tmp_path):
+    from s2d_align.errors import DataError
+    from s2d_align.training.retrieval import load_references, reference_texts, save_neighbours
+
+    index = _index()
+    neighbours = {"train": {"t0": ["t2", "t4"]}, "test": {"x": ["t5"]}}
+    index.save(tmp_path)
+    save_neighbours(tmp_path, neighbours)
+    test = load_references(tmp_path, "test")
+    assert dict(test) == {"x": "report 5"} and test.ids("x") == ["t5"]
+    every = load_references(tmp_path)
+    assert every["t0"] == "report 2 report 4"  # k=2: both reports, best first
+    assert dict(every) == dict(reference_texts(index, neighbours))  # as the run built them
+    with pytest.raises(DataError, match="no retrieved references for split 'val'"):
+        load_references(tmp_path, "val")
+    with pytest.raises(KeyError, match="no retrieved reference for study 'nope'"):
+        every["nope"]
+
+
 class _MeanPixelEncoder(torch.nn.Module):
     """Stands in for S2DModel.encode_images: pooled embedding = coarse image statistics."""
 

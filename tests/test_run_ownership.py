@@ -26,8 +26,9 @@ import pytest
 from s2d_align.cli.main import main
 from s2d_align.harness import ownership
 from s2d_align.harness.ownership import LOCK_FILE, Owner
+from s2d_align.harness.plan import plan_grid
 from s2d_align.harness.records import RunClaim, now
-from s2d_align.harness.runner import Runner, plan_grid
+from s2d_align.harness.runner import Runner
 from s2d_align.harness.store import Store
 from s2d_align.harness.variants import load_variants
 

@@ -18,7 +18,7 @@ from s2d_align.evaluation.grounded import GROUNDED_METRICS
 from s2d_align.evaluation.nlg import NLG_METRICS
 from s2d_align.evaluation.profiles import get_profile
 from s2d_align.evaluation.records import ScoreReport
-from s2d_align.evaluation.score import reference_labels, score_corpus
+from s2d_align.evaluation.score import ScoringContext, reference_labels, score_corpus
 from s2d_align.evaluation.signature import SIGNATURE_FIELDS, format_signature, parse_signature
 from s2d_align.utils.io import write_json, write_jsonl
 
@@ -75,7 +75,7 @@ def test_missing_and_extra_ids_are_an_error_with_counts(ann, tmp_path, capsys):
 def test_score_corpus_refuses_a_partial_corpus():
     with pytest.raises(DataError, match="1 of 6 ids"):
         score_corpus({k: v for k, v in GOOD.items() if k != "t1"}, TEST_REPORTS, EvalConfig(),
-                     manifest_hash="0" * 64)  # fmt: skip
+                     ScoringContext("0" * 64))  # fmt: skip
 
 
 def test_duplicate_prediction_id_names_file_and_entry(ann, tmp_path, capsys):
@@ -232,10 +232,10 @@ def test_a_shared_nlg_scorer_gives_the_numbers_of_a_fresh_one_on_every_call():
     from s2d_align.evaluation.nlg import NLGScorer
 
     cfg = EvalConfig(bootstrap=50)
-    fresh = [score_corpus(p, TEST_REPORTS, cfg, manifest_hash="0" * 64) for p in (GOOD, POOR)]
+    fresh = [score_corpus(p, TEST_REPORTS, cfg, ScoringContext("0" * 64)) for p in (GOOD, POOR)]
     with NLGScorer() as shared:  # one METEOR process for both corpora, and once more for GOOD
         reused = [
-            score_corpus(p, TEST_REPORTS, cfg, manifest_hash="0" * 64, nlg_scorer=shared)
+            score_corpus(p, TEST_REPORTS, cfg, ScoringContext("0" * 64, nlg_scorer=shared))
             for p in (GOOD, POOR, GOOD)
         ]
     assert fresh[0].metrics["METEOR"].value != fresh[1].metrics["METEOR"].value
@@ -275,7 +275,7 @@ def test_every_bounded_ci_lies_in_zero_one():
     # value, the step that once gave [0.660, 1.035].
     preds = dict(TEST_REPORTS)
     preds[sorted(preds)[0]] = ". , ;"
-    report = score_corpus(preds, TEST_REPORTS, EvalConfig(bootstrap=100), manifest_hash="0" * 64)
+    report = score_corpus(preds, TEST_REPORTS, EvalConfig(bootstrap=100), ScoringContext("0" * 64))
     for name, m in report.metrics.items():
         if m.ci_low is None:
             continue

@@ -19,7 +19,8 @@ from training_fixtures import cache_root, shared_run, tiny_config
 
 from s2d_align.config import config_hash
 from s2d_align.errors import ConfigError
-from s2d_align.harness.runner import Runner, plan_grid
+from s2d_align.harness.plan import plan_grid
+from s2d_align.harness.runner import Runner
 from s2d_align.harness.store import Store
 from s2d_align.harness.variants import load_variants
 from s2d_align.training.run_dir import ADAPTER_DIR, RESULT_FILE

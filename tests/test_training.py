@@ -442,15 +442,20 @@ def _collator(tokenizer, ctx, generate=False, seed=0):
     from s2d_align.training.collate import Collator, ContextStore
     from s2d_align.training.keyphrases import build_vocab, extract_keyphrases, oracle_keyphrases
     from s2d_align.training.prompts import PromptBuilder
+    from s2d_align.training.retrieval import ReferenceTexts
 
     reports = {f"s{i}": r for i, r in enumerate(REPORTS)}
     phrases = extract_keyphrases(reports, source="positive")
     vocab = build_vocab(phrases.values(), 8)
+    references = ReferenceTexts(
+        {f"s{i}": ["t9"] for i in range(4)}, {"t9": "Heart size is normal. Lungs are clear."}
+    )
     store = ContextStore(
-        references={f"s{i}": ["t9"] for i in range(4)},
-        reference_reports={"t9": "Heart size is normal. Lungs are clear."},
-        keyphrases=oracle_keyphrases(reports, vocab, "positive"),
-        all_keyphrases=extract_keyphrases(reports, source="all"),
+        values={
+            "reference": references,
+            "keyphrases": oracle_keyphrases(reports, vocab, "positive"),
+        },
+        align={"keyphrases": extract_keyphrases(reports, source="all")},
     )
     builder = PromptBuilder(tokenizer, PromptConfig(), 256)
     return Collator(builder, store, [ctx], vocab=vocab, seed=seed, generate=generate), vocab
@@ -460,8 +465,7 @@ def test_training_batch_is_right_padded_with_labels_on_the_target_only(tokenizer
     from s2d_align.training.collate import IGNORE_INDEX, StageContext
 
     ctx = StageContext(
-        reference=True,
-        keyphrases="oracle",
+        signals=("reference", "keyphrases"),
         align_with="reference",
         lambda_align=0.1,
         lambda_kp=0.5,
@@ -491,7 +495,9 @@ def test_training_batch_is_right_padded_with_labels_on_the_target_only(tokenizer
 def test_generation_batch_is_left_padded_prompt_only(tokenizer):
     from s2d_align.training.collate import StageContext
 
-    collate, _ = _collator(tokenizer, StageContext(reference=True, name="ref"), generate=True)
+    collate, _ = _collator(
+        tokenizer, StageContext(signals=("reference",), name="ref"), generate=True
+    )
     batch = collate(_items())
     mask = batch["attention_mask"]
     assert "labels" not in batch
@@ -503,13 +509,14 @@ def test_generation_batch_is_left_padded_prompt_only(tokenizer):
 
 
 def test_keyphrase_dropout_is_deterministic_and_follows_p(tokenizer):
-    from s2d_align.training.collate import StageContext, keyphrase_dropped
+    from s2d_align.training.collate import StageContext, signal_dropped
 
-    draws = [keyphrase_dropped(0, "kp", 0, f"s{i}", 0.3) for i in range(2000)]
+    draws = [signal_dropped(0, "kp", 0, f"s{i}", 0.3, "keyphrases") for i in range(2000)]
     assert 0.25 < sum(draws) / len(draws) < 0.35
-    assert draws == [keyphrase_dropped(0, "kp", 0, f"s{i}", 0.3) for i in range(2000)]
-    always = StageContext(keyphrases="oracle", keyphrase_dropout=1.0, name="kp")
-    never = StageContext(keyphrases="oracle", keyphrase_dropout=0.0, name="kp")
+    assert draws == [signal_dropped(0, "kp", 0, f"s{i}", 0.3, "keyphrases") for i in range(2000)]
+    kp = ("keyphrases",)
+    always = StageContext(signals=kp, dropout=(("keyphrases", 1.0),), name="kp")
+    never = StageContext(signals=kp, dropout=(("keyphrases", 0.0),), name="kp")
     dropped = _collator(tokenizer, always)[0](_items())
     kept = _collator(tokenizer, never)[0](_items())
     text = tokenizer.decode(kept["input_ids"][0])
@@ -521,9 +528,10 @@ def test_a_study_without_key_phrases_says_so_in_its_prompt(tokenizer):
     from s2d_align.config.schema import PromptConfig
     from s2d_align.training.collate import StageContext
     from s2d_align.training.prompts import PromptBuilder
+    from s2d_align.training.signals import render_parts
 
     # REPORTS[2] is a normal study: no positive finding, so an empty oracle list.
-    oracle = StageContext(keyphrases="oracle", name="kp")
+    oracle = StageContext(signals=("keyphrases",), name="kp")
     collate, _ = _collator(tokenizer, oracle, generate=True)
     batch = collate(_items())
     texts = [tokenizer.decode(row[row != tokenizer.pad_token_id]) for row in batch["input_ids"]]
@@ -533,7 +541,7 @@ def test_a_study_without_key_phrases_says_so_in_its_prompt(tokenizer):
     assert "Key phrases" not in tokenizer.decode(image_only(_items())["input_ids"][2])
     # The filler is a config template; an empty one leaves the part out as before.
     silent = PromptBuilder(tokenizer, PromptConfig(no_keyphrases=""), 256)
-    assert "Key phrases" not in silent.prompt_text(None, [])
+    assert "Key phrases" not in silent.prompt_text(render_parts({"keyphrases": []}, silent))
 
 
 def test_keyphrase_vocab_is_the_most_frequent_with_alphabetical_ties():

@@ -9,8 +9,9 @@ from pathlib import Path
 import harness_fakes as fakes
 import pytest
 
+from s2d_align.harness.plan import plan_grid
 from s2d_align.harness.reports import build_reports
-from s2d_align.harness.runner import Runner, plan_grid
+from s2d_align.harness.runner import Runner
 from s2d_align.harness.store import Store
 from s2d_align.harness.variants import load_variants
 

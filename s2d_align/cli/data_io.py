@@ -9,12 +9,13 @@ bad entries, an empty split, a patient or study in two splits) makes it exit 1. 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
 from s2d_align.cli.vocab import command, option
+from s2d_align.data.importers.common import ImportSummary
 from s2d_align.data.r2gen import DATASETS, SPLITS
+from s2d_align.utils.progress import progress_enabled
 
 
 def _add_data_dir(p) -> None:
@@ -96,22 +97,22 @@ def register(group: argparse._SubParsersAction) -> None:
 
 
 def _progress() -> bool:
-    return sys.stderr.isatty()
+    return progress_enabled(True)
 
 
-def _print_import(summary: dict[str, Any], out: Path) -> None:
-    counts = summary["counts"]
+def _print_import(summary: ImportSummary, out: Path) -> None:
+    counts = summary.counts
     print(f"wrote {out / 'annotation.json'}: " + ", ".join(f"{s} {n}" for s, n in counts.items()))
-    dropped = summary["dropped_no_findings"]
-    n_dropped = dropped.get("count", dropped.get("studies"))
     print(
-        f"dropped {n_dropped} studies without a FINDINGS section; "
-        f"skipped {summary['skipped_bad']['count']} bad inputs (listed in import_summary.json)"
+        f"dropped {summary.dropped_no_findings} studies without a FINDINGS section; "
+        f"skipped {summary.skipped_bad} bad inputs (listed in import_summary.json)"
     )
-    root = summary.get("image_root")
+    root = summary.image_root
     print(
         f"image root for loading: {root or '<folder of the PNGs> (pass it as --images / data.image_root)'}"
     )
+    for note in summary.notes:
+        print(note)
 
 
 def _import_iu(args: argparse.Namespace) -> int:
@@ -126,10 +127,6 @@ def _import_iu(args: argparse.Namespace) -> int:
         progress=_progress(),
     )
     _print_import(summary, args.data_dir)
-    few = len(summary["fewer_than_2_images"])
-    print(
-        f"{few} studies have fewer than 2 images (kept); views per study: {summary['views_per_study']}"
-    )
     return 0
 
 
@@ -145,7 +142,6 @@ def _import_mimic(args: argparse.Namespace) -> int:
         progress=_progress(),
     )
     _print_import(summary, args.data_dir)
-    print("studies per split: " + ", ".join(f"{s} {n}" for s, n in summary["studies"].items()))
     return 0
 
 

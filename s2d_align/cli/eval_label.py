@@ -13,13 +13,13 @@ the study (indication, comparison...). ``no_text`` marks a report with nothing e
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from s2d_align.cli.vocab import command
 from s2d_align.config.schema import EvalConfig
 from s2d_align.errors import DataError
 from s2d_align.utils.io import check_output_path, iter_jsonl_lines, write_jsonl
+from s2d_align.utils.progress import progress_enabled
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -120,7 +120,7 @@ def _label(args: argparse.Namespace) -> int:
     check_output_path(args.out, {"--in": args.inp})
     ids, reports = read_reports(args.inp, args.field)
     labeler = get_labeler(
-        cfg, batch_size=args.batch_size, device=args.device, progress=sys.stderr.isatty()
+        cfg, batch_size=args.batch_size, device=args.device, progress=progress_enabled(True)
     )
     labels = labeler.label(reports)
     rows = []

@@ -11,9 +11,7 @@ Predictions are JSONL lines ``{"id", "prediction"}``; they must cover the split 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -25,11 +23,19 @@ from s2d_align.data.audit import manifest_hash
 from s2d_align.data.r2gen import DATASETS, SPLITS, load_annotation
 from s2d_align.errors import ConfigError, DataError
 from s2d_align.evaluation.ce import AVERAGES, LABEL_SETS, MAPPINGS, parse_headline
-from s2d_align.evaluation.nlg import NLG_METRICS
+from s2d_align.evaluation.metrics import (
+    CE,
+    CE_F1,
+    CE_SUPPORT,
+    GROUNDED,
+    SUPPORT_PREFIX,
+    find_spec,
+)
 from s2d_align.evaluation.profiles import PROFILES
 from s2d_align.evaluation.records import Comparison, ScoreReport
-from s2d_align.evaluation.score import SUPPORT_PREFIX, check_ids, compare_corpora, score_corpus
+from s2d_align.evaluation.score import ScoringContext, check_ids, compare_corpora, score_corpus
 from s2d_align.utils.io import check_output_path, iter_jsonl_lines, write_json
+from s2d_align.utils.progress import progress_enabled
 
 
 def _add_eval_options(p: argparse.ArgumentParser, out_help: str) -> None:
@@ -169,29 +175,29 @@ def _cache_dir(args: argparse.Namespace) -> Path | None:
     return Path(out).parent / ".s2d-cache" / "ref-labels" if out else None
 
 
-def _references(args: argparse.Namespace) -> tuple[dict[str, str], dict[str, Any]]:
+def _references(args: argparse.Namespace) -> tuple[dict[str, str], ScoringContext]:
     ann = load_annotation(
         args.ann, args.images, dataset=args.dataset, group_by_study=args.group_by_study
     )
     references = ann.reports(args.split)
     train = [s.report for s in ann.splits.get("train", [])]
-    common = {
-        "manifest_hash": manifest_hash(ann, args.split),
-        "cache_dir": _cache_dir(args),
-        "progress": sys.stderr.isatty(),
-        "dataset": args.dataset or "synthcxr",
-        "train_reports": train if (args.profile == "r2gen-legacy" and train) else None,
-    }
-    return references, common
+    context = ScoringContext(
+        manifest_hash=manifest_hash(ann, args.split),
+        cache_dir=_cache_dir(args),
+        progress=progress_enabled(True),
+        dataset=args.dataset or "synthcxr",
+        train_reports=tuple(train) if (args.profile == "r2gen-legacy" and train) else None,
+    )
+    return references, context
 
 
 def _score(args: argparse.Namespace) -> int:
     cfg = _config(args)
     _check_out(args, {"--pred": args.pred})
     predictions = read_predictions(args.pred)
-    references, common = _references(args)
+    references, context = _references(args)
     check_ids(predictions, references, what=f"predictions in {args.pred} (split {args.split!r})")
-    report = score_corpus(predictions, references, cfg, **common)
+    report = score_corpus(predictions, references, cfg, context)
     console = Console(soft_wrap=True)
     print_report(report, console)
     _print_text_notes(report, predictions, references, args.dataset, console)
@@ -206,11 +212,11 @@ def _compare(args: argparse.Namespace) -> int:
     cfg = _config(args)
     _check_out(args, {"A.jsonl": args.pred_a, "B.jsonl": args.pred_b})
     pred_a, pred_b = read_predictions(args.pred_a), read_predictions(args.pred_b)
-    references, common = _references(args)
+    references, context = _references(args)
     for path, preds in ((args.pred_a, pred_a), (args.pred_b, pred_b)):
         check_ids(preds, references, what=f"predictions in {path} (split {args.split!r})")
     comparison = compare_corpora(
-        pred_a, pred_b, references, cfg, trials=args.resamples, seed=args.seed, **common
+        pred_a, pred_b, references, cfg, context, trials=args.resamples, seed=args.seed
     )
     console = Console(soft_wrap=True)
     print_comparison(comparison, str(args.pred_a), str(args.pred_b), console)
@@ -247,12 +253,20 @@ def _print_text_notes(
         console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
 
 
+def _family(name: str) -> str | None:
+    spec = find_spec(name)  # a report written by another version may hold unknown names
+    return None if spec is None else spec.family
+
+
 def print_report(report: ScoreReport, console: Console) -> None:
     """NLG + headline table, CE matrix (F1 with P/R), per-observation F1, then the signature."""
     table = Table(title=f"scores (n={report.n}, 95% bootstrap CI)")
     for col in ("metric", "value", "95% CI"):
         table.add_column(col, justify="left" if col == "metric" else "right")
-    for name in (*NLG_METRICS, report.headline):
+    # the families without a table of their own (NLG, and any added metric), then the headline
+    own_table = (CE, CE_F1, CE_SUPPORT, GROUNDED)
+    first = [n for n in report.metrics if _family(n) not in own_table]
+    for name in (*first, report.headline):
         style = "bold" if name == report.headline else None
         table.add_row(name, f"{report.metrics[name].value:.4f}", _ci(report, name), style=style)
     console.print(table)
@@ -298,7 +312,7 @@ def print_comparison(comparison: Comparison, name_a: str, name_b: str, console: 
     for col in ("A", "B", "A - B", "p", ""):
         table.add_column(col, justify="right", no_wrap=True)
     for row in comparison.rows():
-        if row["metric"].startswith("ce_f1/"):
+        if _family(row["metric"]) == CE_F1:
             continue  # per-observation rows are in --out; the table stays readable
         mark = "*" if row["p_value"] < 0.05 else ""
         table.add_row(

@@ -76,8 +76,9 @@ def reports_dir(args: argparse.Namespace) -> str:
 
 # -- ablate ------------------------------------------------------------------------------------
 def cmd_ablate(args: argparse.Namespace) -> int:
+    from s2d_align.harness.plan import plan_grid
     from s2d_align.harness.reports import build_reports
-    from s2d_align.harness.runner import Runner, plan_grid
+    from s2d_align.harness.runner import Runner
     from s2d_align.harness.variants import grid_variants, load_variants
 
     console = make_console()
@@ -131,7 +132,9 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
 
 def print_plan(console: Console, runner, specs, jobs: int = 1) -> None:
-    rows, source = runner.estimate(specs)
+    from s2d_align.harness.plan import estimate
+
+    rows, source = estimate(runner.store, specs)
     table = Table(title=f"plan: {len(rows)} run(s), preset {specs[0].preset}")
     for col in ("run", "variant", "seed", "stages", "steps", "state", "estimate"):
         table.add_column(col, justify="right" if col in ("seed", "steps", "estimate") else "left")
@@ -255,10 +258,18 @@ def cmd_regress(args: argparse.Namespace) -> int:
 # -- registration ------------------------------------------------------------------------------
 def _common_run_args(p: argparse.ArgumentParser) -> None:
     add_cache(p, "data, tokenizers, tiny LMs, reference labels", "RESULTS/cache", "--cache-root")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _no_progress_arg(p)
     p.add_argument(
         "overrides", nargs="*", metavar="key=value", help="config overrides for every run"
     )
+
+
+def _preset_arg(p: argparse.ArgumentParser, **kwargs) -> None:
+    p.add_argument("--preset", help="preset name or YAML path", **kwargs)
+
+
+def _no_progress_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def _jobs_arg(p: argparse.ArgumentParser) -> None:
@@ -286,7 +297,7 @@ def parse_claim_timeout(text: str) -> float:
 
 
 def parse_jobs(text: str, specs) -> int:
-    from s2d_align.harness.runner import auto_jobs
+    from s2d_align.harness.grid import auto_jobs
 
     if text == "auto":
         return auto_jobs(specs)
@@ -300,6 +311,14 @@ def parse_jobs(text: str, specs) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    _register_ablate(sub)
+    _register_sweep(sub)
+    _register_report(sub)
+    _register_regress(sub)
+    harness_results.register(sub)
+
+
+def _register_ablate(sub: argparse._SubParsersAction) -> None:
     p = command(
         sub,
         "ablate",
@@ -310,7 +329,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "s2d-align ablate --preset smoke --dry-run   # the plan and a time estimate",
         ],
     )
-    p.add_argument("--preset", default="default", help="preset name or YAML path")
+    _preset_arg(p, default="default")
     p.add_argument(
         "--variants",
         help="comma-separated variants (default: every file in s2d_align/ablations/variants/, by 'order:')",
@@ -342,13 +361,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     _common_run_args(p)
     p.set_defaults(handler=cmd_ablate)
 
+
+def _register_sweep(sub: argparse._SubParsersAction) -> None:
     p = command(
         sub,
         "sweep",
         help="Optuna sweep over a space in s2d_align/ablations/sweeps (val only)",
         example="s2d-align sweep --preset default --space memory --trials 12 --jobs 2",
     )
-    p.add_argument("--preset", required=True, help="preset name or YAML path")
+    _preset_arg(p, required=True)
     p.add_argument(
         "--space", required=True, help="space name (s2d_align/ablations/sweeps) or YAML path"
     )
@@ -366,6 +387,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     _common_run_args(p)
     p.set_defaults(handler=cmd_sweep)
 
+
+def _register_report(sub: argparse._SubParsersAction) -> None:
     p = command(
         sub,
         "report",
@@ -389,6 +412,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_store_args(p, old=())  # --out was always the reports here
     p.set_defaults(handler=cmd_report)
 
+
+def _register_regress(sub: argparse._SubParsersAction) -> None:
     p = command(
         sub,
         "regress",
@@ -398,7 +423,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "s2d-align regress --preset smoke --update-baseline   # then commit the baseline",
         ],
     )
-    p.add_argument("--preset", default="smoke", help="preset name or YAML path")
+    _preset_arg(p, default="smoke")
     p.add_argument("--update-baseline", action="store_true", help="write the baseline instead")
     p.add_argument(
         "--baseline", metavar="FILE", help="baseline JSON (default: RESULTS/baselines/PRESET.json)"
@@ -418,7 +443,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_cache(p, "data and tiny LMs", "a fresh one, so nothing is reused", "--cache-root")
     _jobs_arg(p)
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _no_progress_arg(p)
     p.set_defaults(handler=cmd_regress)
-
-    harness_results.register(sub)

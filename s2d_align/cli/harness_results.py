@@ -230,6 +230,10 @@ def cmd_unbundle(args: argparse.Namespace) -> int:
     return 0
 
 
+def _all_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--all", action="store_true", help="include per-observation CE F1")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     parser = command(
         sub,
@@ -243,7 +247,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     group = parser.add_subparsers(
         dest="results_command", metavar="RESULTS_COMMAND", required=True, help="what to do"
     )
+    _register_list(group)
+    _register_show(group)
+    _register_compare(group)
+    _register_export(group)
+    _register_bundle(group)
+    _register_unbundle(group)
 
+
+def _register_list(group: argparse._SubParsersAction) -> None:
     p = command(
         group,
         "list",
@@ -261,6 +273,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the runs as a JSON list")
     p.set_defaults(handler=cmd_list)
 
+
+def _register_show(group: argparse._SubParsersAction) -> None:
     p = command(
         group,
         "show",
@@ -269,10 +283,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_store_args(p)
     p.add_argument("run", metavar="RUN_ID", help="run id (see `results list`)")
-    p.add_argument("--all", action="store_true", help="include per-observation CE F1")
+    _all_arg(p)
     p.add_argument("--json", action="store_true", help="print the run and its metrics as JSON")
     p.set_defaults(handler=cmd_show)
 
+
+def _register_compare(group: argparse._SubParsersAction) -> None:
     p = command(
         group,
         "compare",
@@ -290,9 +306,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="N",
         help="approximate-randomisation trials of the paired test",
     )
-    p.add_argument("--all", action="store_true", help="include per-observation CE F1")
+    _all_arg(p)
     p.set_defaults(handler=cmd_compare)
 
+
+def _register_export(group: argparse._SubParsersAction) -> None:
     p = command(
         group,
         "export",
@@ -316,6 +334,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(handler=cmd_export)
 
+
+def _register_bundle(group: argparse._SubParsersAction) -> None:
     p = command(
         group,
         "bundle",
@@ -338,6 +358,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(handler=cmd_bundle)
 
+
+def _register_unbundle(group: argparse._SubParsersAction) -> None:
     p = command(
         group,
         "unbundle",

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from s2d_align.cli.vocab import CACHE_ENV, add_cache, command, env_cache, option
 from s2d_align.config import load_config
 from s2d_align.errors import ConfigError
+from s2d_align.training.signals import inference_contexts
+from s2d_align.utils.progress import progress_enabled
 
 
 def _progress(args: argparse.Namespace) -> bool:
-    return not args.no_progress and sys.stderr.isatty()
+    return progress_enabled(not args.no_progress)
 
 
 def _variant_config(args: argparse.Namespace):
@@ -34,10 +35,12 @@ def _default_out(preset: str, variant: str | None, seed: int) -> Path:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from s2d_align.training.collate import check_signal_names
     from s2d_align.training.pipeline import run_training
     from s2d_align.training.run_dir import check_run_folder
 
     cfg, variant = _variant_config(args)
+    check_signal_names(cfg)
     out = Path(args.run) if args.run else _default_out(args.preset, variant, cfg.seed)
     check_run_folder(out)  # never write into a user's folder
     cache = args.cache or env_cache()
@@ -128,13 +131,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--context",
-        choices=[
-            "auto",
-            "image",
-            "image+reference",
-            "image+reference+predicted_keyphrases",
-            "oracle_keyphrases",
-        ],
+        choices=["auto", *inference_contexts()],
         help="what the prompt holds (default: the run's inference.context)",
     )
     add_cache(p, "data and tokenizers", f"${CACHE_ENV}, else ~/.cache/s2d-align")

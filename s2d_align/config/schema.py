@@ -12,7 +12,6 @@ from typing import Literal
 from s2d_align.errors import ConfigError
 
 Trainability = Literal["frozen", "lora", "full"]
-ContextPart = Literal["reference", "keyphrases"]
 
 
 def _check(cond: bool, message: str) -> None:
@@ -224,8 +223,10 @@ class StageConfig:
     """One training stage: what goes in the prompt, which losses it adds, how long it runs."""
 
     name: str = "pair"  # unique in a run; variants address stages by it
-    context: tuple[ContextPart, ...] = ()  # auxiliary text put in the prompt
-    align_with: Literal["none", "reference", "keyphrases"] = "none"  # alignment loss target
+    # Auxiliary signals put in the prompt, by name: "reference", "keyphrases", or any other
+    # signal registered in s2d_align.training.signals (checked when the stages are planned).
+    context: tuple[str, ...] = ()
+    align_with: str = "none"  # the signal the alignment loss pairs with the image, or "none"
     lambda_align: float = 0.0  # alignment (InfoNCE) loss weight; > 0 when align_with is set
     lambda_kp: float = 0.0  # key-phrase BCE weight (needs the key-phrase head)
     keyphrase_dropout: float = 0.0  # prob. of dropping the key phrases from a prompt
@@ -311,13 +312,10 @@ class TrainConfig:
 class InferenceConfig:
     """Report generation: what the prompt holds and how it is decoded."""
 
-    context: Literal[
-        "image",
-        "image+reference",
-        "image+reference+predicted_keyphrases",
-        "oracle_keyphrases",
-        "auto",
-    ] = "auto"  # auto: the richest context the stages trained with (predicted, never oracle)
+    # An inference context named after the registered signals ("image", "image+reference", ...:
+    # s2d_align.training.signals.inference_contexts), or "auto": the richest context the stages
+    # trained with (predicted, never oracle).
+    context: str = "auto"
     decoding: Literal["greedy", "beam"] = "greedy"  # beam: beam search with num_beams
     num_beams: int = 3  # beams when decoding is "beam" (greedy ignores it)
     max_new_tokens: int = 96  # longest report generated, in tokens

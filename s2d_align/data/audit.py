@@ -13,19 +13,17 @@ verbatim, within and across splits).
 
 from __future__ import annotations
 
-import sys
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from itertools import combinations
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from s2d_align.data.images import verify_image
 from s2d_align.data.r2gen import Annotation, Study
 from s2d_align.errors import DataError
 from s2d_align.utils.io import read_json, sha256_text, write_json
+from s2d_align.utils.progress import progress_bar
 
 MANIFEST_VERSION = 1
 #: Files beside annotation.json that describe where it came from (importer or generator).
@@ -59,11 +57,11 @@ def _check_images(studies: Sequence[Study], progress: bool) -> tuple[list[dict],
     missing: list[dict[str, str]] = []
     unreadable: list[dict[str, str]] = []
     paths = {p: s.id for s in studies for p in s.image_paths}
-    for path, sid in tqdm(
+    for path, sid in progress_bar(
         paths.items(),
         desc="verifying images",
         unit="img",
-        disable=not (progress and sys.stderr.isatty()),
+        wanted=progress,
     ):
         if not Path(path).is_file():
             missing.append({"id": sid, "path": path})

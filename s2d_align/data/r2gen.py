@@ -14,17 +14,15 @@ nothing is dropped without a record.
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from s2d_align.data.images import load_image, resolve_under_root, verify_image
 from s2d_align.errors import ConfigError, DataError
 from s2d_align.utils.io import read_json
+from s2d_align.utils.progress import progress_bar
 
 __all__ = [
     "DATASETS",
@@ -134,11 +132,11 @@ def load_annotation(
     first_seen: dict[str, str] = {}
     indexed: dict[str, list[tuple[int, Study]]] = {}
     total = sum(len(data[s]) for s in SPLITS)
-    bar = tqdm(
+    bar = progress_bar(
         total=total,
         desc="checking images" if check_images else "loading annotation",
         unit="entry",
-        disable=not (progress and check_images and sys.stderr.isatty()),
+        wanted=progress and check_images,
     )
     with bar:
         for split in SPLITS:

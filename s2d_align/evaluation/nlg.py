@@ -46,7 +46,9 @@ from s2d_align.errors import S2DError
 
 __all__ = [
     "BLEU_STAT_COLUMNS",
+    "BLEU_STAT_PREFIX",
     "NLG_METRICS",
+    "NLG_STEPS",
     "JavaError",
     "NLGResult",
     "NLGScorer",
@@ -63,6 +65,11 @@ BLEU_STAT_COLUMNS = (
     "testlen", "reflen", "guess_1", "guess_2", "guess_3", "guess_4",
     "correct_1", "correct_2", "correct_3", "correct_4",
 )  # fmt: skip
+#: Per-sample keys of BLEU's sufficient statistics (``bleu_stat/testlen`` ...): stored with the
+#: per-sample scores so that corpus BLEU can be resampled and tested from the results store.
+BLEU_STAT_PREFIX = "bleu_stat/"
+#: The steps :meth:`NLGScorer.score` reports per hypothesis set (``on_step``), in order.
+NLG_STEPS = ("BLEU", "ROUGE_L", "CIDEr", "METEOR")
 
 PTB_JAR = Path(_ptb_module.__file__).resolve().parent / _ptb_module.STANFORD_CORENLP_3_4_1_JAR
 METEOR_JAR = Path(_meteor_module.__file__).resolve().parent / _meteor_module.METEOR_JAR

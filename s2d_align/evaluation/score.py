@@ -1,4 +1,5 @@
-"""Scoring a corpus: NLG, CE and grounded-finding metrics with CIs, per-sample scores, signature.
+"""Scoring a corpus: every registered metric (:mod:`.metrics`) with CIs, per-sample scores and
+the protocol signature.
 
 :func:`score_corpus` is the one entry point for a system's outputs; :func:`compare_corpora`
 scores two systems on the same references (one METEOR process, one labeling of the references)
@@ -9,60 +10,46 @@ corpus: predictions must cover exactly the ids of the references (:func:`check_i
 from __future__ import annotations
 
 import contextlib
-import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
-from s2d_align.chexpert import OBSERVATIONS
 from s2d_align.config.schema import EvalConfig
-from s2d_align.errors import DataError
-from s2d_align.evaluation import ce, grounded
+from s2d_align.errors import ConfigError, DataError
+from s2d_align.evaluation import ce
 from s2d_align.evaluation.labelers.base import Labeler, Labels, get_labeler
-from s2d_align.evaluation.nlg import (
-    BLEU_STAT_COLUMNS,
-    NLG_METRICS,
-    NLGResult,
-    NLGScorer,
-    bleu_from_stats,
-    nlg_versions,
+from s2d_align.evaluation.metrics import (
+    NLG,
+    SENTENCE_MEAN,
+    Scores,
+    ScoringInput,
+    metric_spec,
+    metric_specs,
+    scored_families,
+    scored_names,
 )
+from s2d_align.evaluation.nlg import NLGScorer
 from s2d_align.evaluation.profiles import Profile, get_profile
 from s2d_align.evaluation.records import Comparison, Metric, ScoreReport
 from s2d_align.evaluation.signature import format_signature, short_hash
-from s2d_align.evaluation.stats import (
-    AdditiveStatistic,
-    PairedResult,
-    bootstrap_intervals,
-    mean_statistic,
-    paired_randomization,
-)
+from s2d_align.evaluation.stats import PairedResult, bootstrap_intervals, paired_randomization
 from s2d_align.utils.io import read_json, sha256_text, write_json
+from s2d_align.utils.progress import progress_bar
 
 __all__ = [
-    "BLEU_STAT_PREFIX",
     "Comparison",
     "Metric",
     "ScoreReport",
+    "ScoringContext",
     "check_ids",
     "compare_corpora",
     "reference_labels",
     "score_corpus",
 ]
-
-
-#: Per-sample keys of BLEU's sufficient statistics (``bleu_stat/testlen`` ...): stored with the
-#: per-sample scores so that corpus BLEU can be resampled and tested from the results store.
-BLEU_STAT_PREFIX = "bleu_stat/"
-
-
-#: Metric name prefix of the per-observation support (positive references) of a scoring.
-SUPPORT_PREFIX = "ce_support/"
 
 
 def check_ids(
@@ -92,107 +79,78 @@ def check_ids(
 
 
 @dataclass(frozen=True)
-class _Spec:
-    """Metric names valued by one additive statistic, with the exact corpus values."""
+class ScoringContext:
+    """Where and with what a corpus is scored; the protocol itself is the ``EvalConfig``.
 
-    names: tuple[str, ...]
-    stat: AdditiveStatistic
-    values: tuple[float, ...]
-    shift: bool = False  # CI of a proxy statistic, shifted onto the corpus value (METEOR)
+    ``dataset`` and ``train_reports`` matter only for ``r2gen-legacy`` (cleaning rules and
+    ``<unk>`` vocabulary); ``labeler`` overrides ``get_labeler(cfg)``; ``nlg_scorer`` is an open
+    :class:`NLGScorer` to reuse (its METEOR process outlives the call, which saves METEOR's
+    start-up when many corpora are scored; the numbers are the same); ``cache_dir`` keeps the
+    reference labels (:func:`reference_labels`)."""
 
+    manifest_hash: str
+    cache_dir: Path | None = None
+    progress: bool = False
+    dataset: str = "synthcxr"
+    train_reports: tuple[str, ...] | None = None
+    labeler: Labeler | None = None
+    nlg_scorer: NLGScorer | None = None
 
-def _specs(
-    nlg: NLGResult,
-    pred_labels: Sequence[Labels],
-    ref_labels: Sequence[Labels],
-    mapping: str,
-    grounded_stat: AdditiveStatistic,
-) -> list[_Spec]:
-    bleu = tuple(nlg.corpus[f"BLEU_{k}"] for k in range(1, 5))
-    specs = [
-        _Spec(
-            tuple(f"BLEU_{k}" for k in range(1, 5)),
-            AdditiveStatistic(nlg.bleu_stats, lambda sums, _n: bleu_from_stats(sums)),
-            bleu,
-        )
-    ]
-    for name in ("METEOR", "ROUGE_L", "CIDEr"):
-        specs.append(
-            _Spec(
-                (name,),
-                mean_statistic(nlg.per_sample[name]),
-                (nlg.corpus[name],),
-                shift=name == "METEOR",
-            )
-        )
-    for (m, labels, average), stat in ce.ce_statistics(pred_labels, ref_labels).items():
-        names = tuple(ce.cell_name(m, labels, average, s) for s in ce.STATS)
-        specs.append(_Spec(names, stat, tuple(float(v) for v in stat.value())))
-    obs = ce.per_observation_statistic(pred_labels, ref_labels, mapping)
-    specs.append(
-        _Spec(tuple(f"ce_f1/{o}" for o in OBSERVATIONS), obs, tuple(map(float, obs.value())))
-    )
-    specs.append(
-        _Spec(grounded.GROUNDED_METRICS, grounded_stat, tuple(map(float, grounded_stat.value())))
-    )
-    return specs
-
-
-#: Metrics not bounded above by 1 (CIDEr-D is a scaled, summed cosine); every metric is >= 0.
-UNBOUNDED_ABOVE = frozenset({"CIDEr"})
+    def __post_init__(self) -> None:
+        if self.train_reports is not None and not isinstance(self.train_reports, tuple):
+            object.__setattr__(self, "train_reports", tuple(self.train_reports))
 
 
 def clip_interval(name: str, low: float, high: float) -> tuple[float, float]:
-    """A CI clipped to the metric's range: [0, 1] for BLEU, METEOR, ROUGE-L, CE and grounded
-    cells, [0, inf) for CIDEr. METEOR's interval is shifted from the mean per-report score onto
-    the corpus value, which can push it past the range (a punctuation-only prediction gave
-    [0.660, 1.035])."""
-    top = float("inf") if name in UNBOUNDED_ABOVE else 1.0
-    return min(max(low, 0.0), top), min(max(high, 0.0), top)
+    """A CI clipped to the metric's range (``MetricSpec.bounds``): [0, 1] for BLEU, METEOR,
+    ROUGE-L, CE and grounded cells, [0, inf) for CIDEr. METEOR's interval is shifted from the
+    mean per-report score onto the corpus value, which can push it past the range (a
+    punctuation-only prediction gave [0.660, 1.035])."""
+    bottom, top = metric_spec(name).bounds
+    return min(max(low, bottom), top), min(max(high, bottom), top)
 
 
-def _metrics(specs: list[_Spec], cfg: EvalConfig) -> dict[str, Metric]:
+def _compute(inputs: ScoringInput, step: Callable[[str], None]) -> list[Scores]:
+    """Every registered family's scores of one system, checked against the registry."""
+    out: list[Scores] = []
+    for head in scored_families():
+        scores = list(head.compute(inputs))
+        got = [n for s in scores for n in s.names]
+        want = [s.name for s in metric_specs() if s.family == head.family and s.compute]
+        if sorted(got) != sorted(want):
+            raise ConfigError(
+                f"metric family {head.family!r}: {head.compute.__name__} computed {got}, "
+                f"but the registry lists {want}"
+            )
+        out += scores
+        if head.family != NLG:  # the NLG scorer reported its steps as it ran
+            for name in head.steps:
+                step(name)
+    return out
+
+
+def _metrics(scores: list[Scores], cfg: EvalConfig) -> dict[str, Metric]:
     intervals = bootstrap_intervals(
-        {i: s.stat for i, s in enumerate(specs)}, n_boot=cfg.bootstrap, seed=cfg.ci_seed
+        {i: s.statistic for i, s in enumerate(scores) if s.statistic is not None},
+        n_boot=cfg.bootstrap,
+        seed=cfg.ci_seed,
     )
     metrics: dict[str, Metric] = {}
-    for i, spec in enumerate(specs):
-        # METEOR: interval of the mean per-report score, moved onto the corpus value
-        offset = (
-            np.asarray(spec.values) - spec.stat.value() if spec.shift else np.zeros(len(spec.names))
-        )
-        for j, name in enumerate(spec.names):
-            if i in intervals:
-                low, high = intervals[i]
-                metrics[name] = Metric(
-                    spec.values[j],
-                    *clip_interval(name, float(low[j] + offset[j]), float(high[j] + offset[j])),
-                )
-            else:
-                metrics[name] = Metric(spec.values[j])
-    ordered = [
-        *NLG_METRICS,
-        *ce.ce_cell_names(),
-        *(f"ce_f1/{o}" for o in OBSERVATIONS),
-        *grounded.GROUNDED_METRICS,
-    ]
-    return {name: metrics[name] for name in ordered}
-
-
-def _per_sample(ids: list[str], nlg: NLGResult, specs: list[_Spec]) -> dict[str, dict[str, float]]:
-    out = {
-        name: dict(zip(ids, map(float, nlg.per_sample[name]), strict=True)) for name in NLG_METRICS
-    }
-    for k, column in enumerate(BLEU_STAT_COLUMNS):
-        out[BLEU_STAT_PREFIX + column] = dict(
-            zip(ids, map(float, nlg.bleu_stats[:, k]), strict=True)
-        )
-    for spec in specs:  # example-based CE is a per-report score
-        if "/example/" in spec.names[0]:
-            out[spec.names[2]] = dict(zip(ids, map(float, spec.stat.features[:, 2]), strict=True))
-        elif spec.names == grounded.GROUNDED_METRICS:  # counts: micro scores are not means
-            out.update(grounded.per_sample_counts(ids, spec.stat))
-    return out
+    for i, group in enumerate(scores):
+        specs = [metric_spec(name) for name in group.names]
+        if i not in intervals:
+            for name, value, spec in zip(group.names, group.values, specs, strict=True):
+                metrics[name] = Metric(value, higher_is_better=spec.higher_is_better)
+            continue
+        low, high = intervals[i]
+        offset = np.zeros(len(group.names))
+        if any(spec.statistic == SENTENCE_MEAN for spec in specs):
+            # interval of the mean per-report score, moved onto the corpus value (METEOR)
+            offset = np.asarray(group.values) - group.statistic.value()
+        for j, (name, spec) in enumerate(zip(group.names, specs, strict=True)):
+            ci = clip_interval(name, float(low[j] + offset[j]), float(high[j] + offset[j]))
+            metrics[name] = Metric(group.values[j], *ci, higher_is_better=spec.higher_is_better)
+    return {name: metrics[name] for name in scored_names()}
 
 
 def _label(labeler: Labeler, texts: list[str], what: str) -> list[Labels]:
@@ -245,55 +203,40 @@ def reference_labels(
 
 
 def _signature(cfg: EvalConfig, profile: Profile, labeler: Labeler, manifest_hash: str) -> str:
-    mapping, labels, average, _ = ce.parse_headline(cfg.headline)
-    ckpt = getattr(labeler, "checkpoint_sha256", None) or cfg.chexbert_sha256
-    versions = nlg_versions()
-    return format_signature(
-        {
-            "profile": profile.tag,
-            "nlg": f"pycocoevalcap-{versions['pycocoevalcap']}",
-            "tok": profile.tokenizer_tag,
-            "meteor": versions["meteor"],
-            "cider": "idf=refs",
-            "ce": labeler.signature,
-            "ckpt": short_hash(ckpt) if labeler.signature.startswith("chexbert") else "-",
-            "umap": mapping,
-            "labels": labels,
-            "avg": average,
-            "grounded": grounded.grounded_signature(),
-            "ci": f"boot{cfg.bootstrap}-s{cfg.ci_seed}",
-            "manifest": short_hash(manifest_hash),
-        }
-    )
+    """The profile, the fields each scored family fixes, the intervals and the test set."""
+    fields: dict[str, object] = {"profile": profile.tag}
+    for head in scored_families():
+        if head.signature is not None:
+            fields.update(head.signature(cfg, profile, labeler))
+    fields["ci"] = f"boot{cfg.bootstrap}-s{cfg.ci_seed}"
+    fields["manifest"] = short_hash(manifest_hash)
+    return format_signature(fields)
+
+
+def _steps_per_system() -> int:
+    return sum(len(head.steps) for head in scored_families())
 
 
 def _evaluate(
     systems: Sequence[Mapping[str, str]],
     references: Mapping[str, str],
     cfg: EvalConfig,
-    *,
-    manifest_hash: str,
-    cache_dir: Path | None,
-    progress: bool,
-    dataset: str,
-    train_reports: Iterable[str] | None,
-    labeler: Labeler | None,
-    nlg_scorer: NLGScorer | None = None,
-) -> list[tuple[ScoreReport, list[_Spec]]]:
+    context: ScoringContext,
+) -> list[tuple[ScoreReport, list[Scores]]]:
     for k, preds in enumerate(systems):
         check_ids(
             preds, references, what="predictions" if len(systems) == 1 else f"system {'AB'[k]}"
         )
     mapping = ce.parse_headline(cfg.headline)[0]
-    profile = get_profile(cfg.profile, dataset=dataset, train_reports=train_reports)
+    profile = get_profile(cfg.profile, dataset=context.dataset, train_reports=context.train_reports)
     ids = list(references)
     refs = profile.references(references)
     hyps = [profile.predictions({i: p[i] for i in ids}) for p in systems]
-    bar = tqdm(
-        total=3 + 4 * len(systems),  # labels, tokenize, 4 metrics per system, bootstrap
+    bar = progress_bar(
+        total=3 + _steps_per_system() * len(systems),  # labels, tokenize, per system, bootstrap
         desc="scoring",
         unit="step",
-        disable=not (progress and sys.stderr.isatty()),
+        wanted=context.progress,
     )
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -311,40 +254,37 @@ def _evaluate(
         stack.enter_context(bar)
         # a caller's scorer keeps its METEOR process across calls; ours starts now and loads
         # its JVM while we label
-        scorer = nlg_scorer
+        scorer = context.nlg_scorer
         if scorer is None:
             scorer = stack.enter_context(NLGScorer(tokenize=profile.ptb))
-        labeler = labeler or get_labeler(cfg, progress=progress)
+        labeler = context.labeler or get_labeler(cfg, progress=context.progress)
         # CE labels and grounded findings read the same texts (raw for raw-v1)
         ce_refs = [(references if profile.ce_on_raw else refs)[i] for i in ids]
         ce_hyps = [
             [(raw if profile.ce_on_raw else prepared)[i] for i in ids]
             for raw, prepared in zip(systems, hyps, strict=True)
         ]
-        ref_labels = reference_labels(labeler, ids, ce_refs, profile, manifest_hash, cache_dir)
+        ref_labels = reference_labels(
+            labeler, ids, ce_refs, profile, context.manifest_hash, context.cache_dir
+        )
         pred_labels = [_label(labeler, texts, "predictions") for texts in ce_hyps]
-        grounded_stats = [grounded.grounded_statistic(texts, ce_refs) for texts in ce_hyps]
         step("labels")
         nlg_results = scorer.score(refs, hyps, tokenize=profile.ptb, on_step=step)
-    signature = _signature(cfg, profile, labeler, manifest_hash)
+    signature = _signature(cfg, profile, labeler, context.manifest_hash)
     headline = "ce/" + "/".join(ce.parse_headline(cfg.headline))
-    # Positive references per observation under the headline mapping: beside every
-    # per-observation F1, so "absent from the test set" never reads as "missed".
-    positives = ce.binarize(ref_labels, mapping, source="reference labels").sum(0)
-    support = {
-        f"{SUPPORT_PREFIX}{o}": Metric(float(n))
-        for o, n in zip(OBSERVATIONS, positives, strict=True)
-    }
     scored = []
-    for nlg, labels, grounded_stat in zip(nlg_results, pred_labels, grounded_stats, strict=True):
-        specs = _specs(nlg, labels, ref_labels, mapping, grounded_stat)
-        metrics = {**_metrics(specs, cfg), **support}
-        scored.append((metrics, _per_sample(ids, nlg, specs), specs))
+    for nlg, texts, labels in zip(nlg_results, ce_hyps, pred_labels, strict=True):
+        inputs = ScoringInput(
+            tuple(ids), tuple(texts), tuple(ce_refs), nlg, labels, ref_labels, mapping
+        )
+        scores = _compute(inputs, step)
+        per_sample = {col: dict(v) for s in scores for col, v in s.per_sample.items()}
+        scored.append((_metrics(scores, cfg), per_sample, scores))
     step("bootstrap")
     timings["total"] = time.perf_counter() - start
     return [
-        (ScoreReport(metrics, per_sample, signature, headline, len(ids), dict(timings)), specs)
-        for metrics, per_sample, specs in scored
+        (ScoreReport(metrics, per_sample, signature, headline, len(ids), dict(timings)), scores)
+        for metrics, per_sample, scores in scored
     ]
 
 
@@ -352,31 +292,10 @@ def score_corpus(
     predictions: Mapping[str, str],
     references: Mapping[str, str],
     cfg: EvalConfig,
-    *,
-    manifest_hash: str,
-    cache_dir: Path | None = None,
-    progress: bool = False,
-    dataset: str = "synthcxr",
-    train_reports: Iterable[str] | None = None,
-    labeler: Labeler | None = None,
-    nlg_scorer: NLGScorer | None = None,
+    context: ScoringContext,
 ) -> ScoreReport:
-    """Score one system. ``dataset`` and ``train_reports`` matter only for ``r2gen-legacy``
-    (cleaning rules and ``<unk>`` vocabulary); ``labeler`` overrides ``get_labeler(cfg)``;
-    ``nlg_scorer`` is an open :class:`NLGScorer` to reuse (its METEOR process outlives this call, which
-    saves METEOR's start-up when many corpora are scored; the numbers are the same)."""
-    return _evaluate(
-        [predictions],
-        references,
-        cfg,
-        manifest_hash=manifest_hash,
-        cache_dir=cache_dir,
-        progress=progress,
-        dataset=dataset,
-        train_reports=train_reports,
-        labeler=labeler,
-        nlg_scorer=nlg_scorer,
-    )[0][0]
+    """Score one system: every metric of the registry (:mod:`.metrics`), with intervals."""
+    return _evaluate([predictions], references, cfg, context)[0][0]
 
 
 def compare_corpora(
@@ -384,39 +303,27 @@ def compare_corpora(
     predictions_b: Mapping[str, str],
     references: Mapping[str, str],
     cfg: EvalConfig,
+    context: ScoringContext,
     *,
-    manifest_hash: str,
     trials: int = 10_000,
     seed: int = 0,
-    cache_dir: Path | None = None,
-    progress: bool = False,
-    dataset: str = "synthcxr",
-    train_reports: Iterable[str] | None = None,
-    labeler: Labeler | None = None,
-    nlg_scorer: NLGScorer | None = None,
 ) -> Comparison:
-    """Score A and B and run paired approximate randomisation on every metric."""
-    (a, specs_a), (b, specs_b) = _evaluate(
-        [predictions_a, predictions_b],
-        references,
-        cfg,
-        manifest_hash=manifest_hash,
-        cache_dir=cache_dir,
-        progress=progress,
-        dataset=dataset,
-        train_reports=train_reports,
-        labeler=labeler,
-        nlg_scorer=nlg_scorer,
+    """Score A and B and run paired approximate randomisation on every metric with a statistic."""
+    (a, scores_a), (b, scores_b) = _evaluate(
+        [predictions_a, predictions_b], references, cfg, context
     )
+    pairs = zip(scores_a, scores_b, strict=True)
     results = paired_randomization(
-        {i: (sa.stat, sb.stat) for i, (sa, sb) in enumerate(zip(specs_a, specs_b, strict=True))},
+        {i: (sa.statistic, sb.statistic) for i, (sa, sb) in enumerate(pairs)
+         if sa.statistic is not None and sb.statistic is not None},
         trials=trials,
         seed=seed,
-    )
+    )  # fmt: skip
     tests: dict[str, PairedResult] = {}
-    for i, spec in enumerate(specs_a):
-        res = results[i]
-        for j, name in enumerate(spec.names):
+    for i, group in enumerate(scores_a):
+        if i not in results:
+            continue
+        for j, name in enumerate(group.names):
             delta = a.metrics[name].value - b.metrics[name].value  # exact corpus difference
-            tests[name] = PairedResult(np.array([delta]), np.array([res.p_value[j]]), trials)
+            tests[name] = PairedResult(np.array([delta]), np.array([results[i].p_value[j]]), trials)
     return Comparison(a, b, {name: tests[name] for name in a.metrics if name in tests}, trials)

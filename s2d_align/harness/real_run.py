@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from s2d_align.config import Config
+from s2d_align.config.schema import DataConfig, EvalConfig
 from s2d_align.harness.spec import RunArtifacts, RunSpec, Scored, SplitReferences, TrainSummary
 from s2d_align.utils.io import read_jsonl
 
@@ -121,13 +122,6 @@ def run_split_diagnostics(
     )
 
 
-def prepare_shared(spec: RunSpec, cache_root: Path, *, progress: bool = False) -> None:
-    """One-time caches (data, tokenizer, tiny-LM pre-training) before a grid's parallel runs."""
-    from s2d_align.training.pipeline import prepare_shared as prepare
-
-    prepare(spec.config, Path(cache_root), progress=progress)
-
-
 class RecordingLabeler:
     """Wraps a labeler and remembers the labels of every text it saw (for exact CE tests)."""
 
@@ -160,8 +154,8 @@ class CorpusScorer:
 
     def __init__(self, cache_root: Path):
         self.cache_root = Path(cache_root)
-        self._annotations: dict[str, Any] = {}
-        self._labelers: dict[str, RecordingLabeler] = {}
+        self._annotations: dict[DataConfig, Any] = {}  # frozen configs are the keys
+        self._labelers: dict[EvalConfig, RecordingLabeler] = {}
         self._nlg: Any = None
 
     def _nlg_scorer(self):
@@ -183,10 +177,9 @@ class CorpusScorer:
     def _annotation(self, cfg: Config):
         from s2d_align.training.data import load_run_annotation
 
-        key = repr(cfg.data)
-        if key not in self._annotations:
-            self._annotations[key] = load_run_annotation(cfg, self.cache_root)
-        return self._annotations[key]
+        if cfg.data not in self._annotations:
+            self._annotations[cfg.data] = load_run_annotation(cfg, self.cache_root)
+        return self._annotations[cfg.data]
 
     def references(self, cfg: Config, split: str) -> SplitReferences:
         from s2d_align.data.audit import manifest_hash
@@ -202,21 +195,20 @@ class CorpusScorer:
     def _labeler(self, cfg: Config) -> RecordingLabeler:
         from s2d_align.evaluation.labelers import get_labeler
 
-        key = repr(cfg.eval)
-        if key not in self._labelers:  # one labeler (and its label memory) per protocol
-            self._labelers[key] = RecordingLabeler(get_labeler(cfg.eval))
-        return self._labelers[key]
+        if cfg.eval not in self._labelers:  # one labeler (and its label memory) per protocol
+            self._labelers[cfg.eval] = RecordingLabeler(get_labeler(cfg.eval))
+        return self._labelers[cfg.eval]
 
     def score(
         self, cfg: Config, split: str, predictions: dict[str, str], refs: SplitReferences
     ) -> Scored:
         from s2d_align.evaluation.nlg import JavaError
-        from s2d_align.evaluation.score import score_corpus
+        from s2d_align.evaluation.score import ScoringContext, score_corpus
 
         labeler = self._labeler(cfg)
         train_reports = None
         if cfg.eval.profile == "r2gen-legacy":
-            from s2d_align.training.pipeline import train_reports as reports_of
+            from s2d_align.training.data import train_reports as reports_of
 
             train_reports = reports_of(self._annotation(cfg))
         try:
@@ -224,12 +216,14 @@ class CorpusScorer:
                 predictions,
                 refs.reports,
                 cfg.eval,
-                manifest_hash=refs.manifest_hash,
-                cache_dir=self.cache_root / "eval",
-                dataset=cfg.data.dataset,
-                train_reports=train_reports,
-                labeler=labeler,
-                nlg_scorer=self._nlg_scorer(),
+                ScoringContext(
+                    manifest_hash=refs.manifest_hash,
+                    cache_dir=self.cache_root / "eval",
+                    dataset=cfg.data.dataset,
+                    train_reports=train_reports,
+                    labeler=labeler,
+                    nlg_scorer=self._nlg_scorer(),
+                ),
             )
         except JavaError:
             self.close()

@@ -121,7 +121,7 @@ class PipelineReferences:
     def __init__(self, cache_root: str | Path, *, progress: bool = False):
         self.cache_root = Path(cache_root)
         self.progress = progress
-        self._normal: dict[str, str] = {}
+        self._normal: dict[tuple[Any, Any], str] = {}  # by (data, eval) config
 
     def predictions(self, name: str, cfg: Config, split: str, ids: Sequence[str]) -> dict[str, str]:
         if name == "all-normal":
@@ -145,13 +145,12 @@ class PipelineReferences:
 
     def normal_report(self, cfg: Config) -> str:
         """all-normal's report, labelling the train reports as the scorer labels references."""
-        key = repr((cfg.data, cfg.eval))
+        key = (cfg.data, cfg.eval)
         if key in self._normal:
             return self._normal[key]
         from s2d_align.evaluation.labelers import get_labeler
         from s2d_align.evaluation.profiles import get_profile
-        from s2d_align.training.data import load_run_annotation
-        from s2d_align.training.run_dir import train_reports
+        from s2d_align.training.data import load_run_annotation, train_reports
 
         ann = load_run_annotation(cfg, self.cache_root, progress=self.progress)
         reports: dict[str, str] = {}

@@ -5,7 +5,7 @@ sd, and the platform that produced them (torch version, CPU or GPU, Python, mach
 
 1. **Per (variant, seed)**, on the same platform: with fixed seeds the same code gives the same
    numbers, so each seed's value must match the baseline within a declared per-metric absolute
-   tolerance (``seed_tolerance`` in the file, :data:`SEED_TOLERANCE` by default: near-exact).
+   tolerance (``seed_tolerance`` in the file, :data:`DEFAULT_SEED_TOLERANCE` by default: near-exact).
    Any change beyond it fails, better or worse: one changed token in one prediction shows here.
 2. **Across seeds**, always: a mean worse than the baseline mean by more than
    ``max(k * sd, floor)`` in the metric's direction regresses. Improvements beyond that
@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from s2d_align.errors import ConfigError
+from s2d_align.evaluation.metrics import find_spec
 from s2d_align.harness.provenance import git_sha
 from s2d_align.harness.spec import preset_label
 from s2d_align.utils.io import read_json, write_json
@@ -39,13 +40,10 @@ READABLE_FORMATS = (1, 2)
 #: Across-seed tolerance = max(K_SD * sd over seeds, ABS_FLOOR) unless the baseline says otherwise.
 K_SD = 3.0
 ABS_FLOOR = 0.01
-#: Per-(variant, seed) absolute tolerance on the same platform, by metric name prefix (first
-#: match); written into every new baseline, where it can be edited per metric. Scoring is
-#: deterministic double-precision arithmetic, so only float noise needs absorbing.
-SEED_TOLERANCE = {"BLEU_": 1e-6, "METEOR": 1e-6, "ROUGE_L": 1e-6, "CIDEr": 1e-6, "ce/": 1e-6}
+#: Per-(variant, seed) absolute tolerance on the same platform; written into every new baseline
+#: per metric, where it can be edited. Scoring is deterministic double-precision arithmetic, so
+#: only float noise needs absorbing.
 DEFAULT_SEED_TOLERANCE = 1e-6
-#: Metrics tracked: the NLG metrics and every CE F1 cell (not P/R, not the noisy per-observation F1).
-TRACKED_PREFIXES = ("BLEU_", "METEOR", "ROUGE_L", "CIDEr")
 #: The grid rerun when neither the baseline nor the command line says otherwise.
 DEFAULT_VARIANTS = ("sft", "s2d")
 DEFAULT_SEEDS = (0, 1)
@@ -85,14 +83,6 @@ class MetricDiff:
         return "ok"
 
 
-def seed_tolerance(metric: str) -> float:
-    """The default per-(variant, seed) tolerance of ``metric`` (:data:`SEED_TOLERANCE`)."""
-    for prefix, tol in SEED_TOLERANCE.items():
-        if metric.startswith(prefix):
-            return tol
-    return DEFAULT_SEED_TOLERANCE
-
-
 def platform_info() -> dict[str, str]:
     """What decides whether a fixed seed reproduces its numbers exactly: the torch version,
     the device the runs train on (a GPU when one is visible, as the pipeline picks), Python and
@@ -109,9 +99,10 @@ def platform_info() -> dict[str, str]:
 
 
 def tracked(metric: str) -> bool:
-    return metric.startswith(TRACKED_PREFIXES) or (
-        metric.startswith("ce/") and metric.endswith("/f1")
-    )
+    """Whether the metric registry marks ``metric`` for regression tracking (the NLG metrics and
+    every CE F1 cell by default; names it does not know are not tracked)."""
+    spec = find_spec(metric)
+    return spec is not None and spec.tracked_by_regress
 
 
 def summarise(rows: Iterable[Mapping[str, Any]], split: str = "test") -> dict[str, dict[str, dict]]:
@@ -156,7 +147,7 @@ def make_baseline(
         "split": "test",
         "platform": dict(platform if platform is not None else platform_info()),
         "tolerance": {"k_sd": k, "abs_floor": floor},
-        "seed_tolerance": {m: seed_tolerance(m) for m in metrics},
+        "seed_tolerance": dict.fromkeys(metrics, DEFAULT_SEED_TOLERANCE),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "git_sha": git_sha(),
         "signature": signature,
@@ -226,7 +217,7 @@ def compare_seeds(baseline: Mapping[str, Any], current: Mapping[str, Any]) -> li
                         metric=metric,
                         baseline=float(value),
                         current=None if current_value is None else float(current_value),
-                        tolerance=float(tolerances.get(metric, seed_tolerance(metric))),
+                        tolerance=float(tolerances.get(metric, DEFAULT_SEED_TOLERANCE)),
                         higher_is_better=bool(base.get("higher_is_better", True)),
                         seed=int(seed),
                     )
@@ -334,9 +325,11 @@ def run_regression(
 ) -> RegressionResult:
     """Rerun the grid from scratch in ``work_dir`` (its own store) and compare or update.
 
-    ``jobs``: runs at a time (``"auto"``: :func:`~s2d_align.harness.runner.auto_jobs`); the
+    ``jobs``: runs at a time (``"auto"``: :func:`~s2d_align.harness.grid.auto_jobs`); the
     numbers do not depend on it."""
-    from s2d_align.harness.runner import Runner, auto_jobs, plan_grid
+    from s2d_align.harness.grid import auto_jobs
+    from s2d_align.harness.plan import plan_grid
+    from s2d_align.harness.runner import Runner
     from s2d_align.harness.store import Store
     from s2d_align.harness.variants import load_variants
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -22,11 +21,12 @@ import optuna
 
 from s2d_align.config.loader import apply_overrides, save_yaml
 from s2d_align.errors import ConfigError, S2DError
-from s2d_align.harness.runner import Runner, preset_label
+from s2d_align.harness.runner import Runner
 from s2d_align.harness.space import Space
-from s2d_align.harness.spec import RunSpec
+from s2d_align.harness.spec import RunSpec, preset_label
 from s2d_align.harness.store import Store, engine_kwargs
 from s2d_align.harness.variants import Variant, variant_to_yaml_dict
+from s2d_align.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -171,13 +171,11 @@ def _shares(trials: int, workers: int) -> list[int]:
 def prepare_caches(job: SweepJob, progress: bool = False) -> None:
     """Data, tokenizer and tiny-LM pre-training of the job's base config, in the cache that its
     workers' runners use (``cache_root``, else ``results_dir/cache``)."""
-    from s2d_align.harness import real_run
+    from s2d_align.training.cache import prepare_shared, resolve_cache_root
 
     cfg = job.space.base_variant.config(job.preset, job.space.seed, job.overrides)
-    spec = RunSpec(preset_label(job.preset), job.space.base_variant, job.space.seed, cfg,
-                   purpose="sweep", splits=("val",))  # fmt: skip
-    cache = Path(job.cache_root) if job.cache_root else Path(job.results_dir) / "cache"
-    real_run.prepare_shared(spec, cache, progress=progress)
+    cache = resolve_cache_root(job.cache_root, default=Path(job.results_dir) / "cache")
+    prepare_shared(cfg, cache, progress=progress)
 
 
 def run_sweep(job: SweepJob, trials: int, workers: int = 1, progress: bool = True) -> optuna.Study:
@@ -210,23 +208,18 @@ def run_sweep(job: SweepJob, trials: int, workers: int = 1, progress: bool = Tru
 
 
 def _wait(procs: list, study: optuna.Study, before: int, trials: int, progress: bool) -> None:
-    bar = None
-    if progress and sys.stderr.isatty():
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=trials, desc="trials", unit="trial")
+    bar = progress_bar(total=trials, wanted=progress, desc="trials", unit="trial")
     done = 0
     while any(p.is_alive() for p in procs):
         time.sleep(1.0)
-        if bar is not None:
+        if not bar.disable:  # no trial queries without a bar
             finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
             now = max(0, len(finished) - before)
             bar.update(now - done)
             done = now
     for p in procs:
         p.join()
-    if bar is not None:
-        bar.close()
+    bar.close()
 
 
 def best_variant(study: optuna.Study, space: Space) -> Variant:

@@ -42,6 +42,7 @@ import numpy as np
 from s2d_align.chexpert import OBSERVATIONS
 from s2d_align.errors import ConfigError, DataError
 from s2d_align.evaluation import ce
+from s2d_align.evaluation.metrics import metric_spec
 from s2d_align.evaluation.stats import auroc
 from s2d_align.inference.finding_sentences import (
     FINDING_SENTENCES,
@@ -50,6 +51,7 @@ from s2d_align.inference.finding_sentences import (
 )
 
 if TYPE_CHECKING:
+    from s2d_align.data.r2gen import Study
     from s2d_align.training.data import Item, StudyDataset
     from s2d_align.training.distributed import Dist
     from s2d_align.training.prompts import PromptBuilder
@@ -64,15 +66,10 @@ ALIGN_LAST_STEPS = 10
 #: The finding sentences a run's diagnostics scored (run folder; see ``finding_sentences``).
 FINDING_SENTENCES_FILE = "finding_sentences.json"
 
-#: Diagnostics where a lower value is the desirable one (all others: higher is better).
-_LOWER_IS_BETTER = ("diag/align_vs_chance", "diag/permuted/")
-
 
 def higher_is_better(name: str) -> bool:
-    """Direction of a ``diag/...`` value: a lower alignment loss vs chance, and a lower CE with
-    wrong images (more image dependence), are the desirable ones; an open gate counts as better
-    (the memory contributes)."""
-    return not name.startswith(_LOWER_IS_BETTER)
+    """Direction of a ``diag/...`` value, as the metric registry declares it."""
+    return metric_spec(name).higher_is_better
 
 
 # ----------------------------------------------------------------------------- image permutation
@@ -250,8 +247,8 @@ def finding_scores(
     """
     import torch
 
+    from s2d_align.inference.passes import sharded_map
     from s2d_align.training.collate import Collator, ContextStore, StageContext
-    from s2d_align.training.predict import sharded_map
 
     targets = [_sentence_ids(builder, s) for s in sentences]
     collate = Collator(builder, ContextStore(), [StageContext(name="image")], generate=True)
@@ -451,16 +448,14 @@ def run_diagnostics(
     predictions are returned unscored: they are scored like the real ones by the caller.
     """
     from s2d_align.inference.generate import generate_loaded, load_run
-    from s2d_align.training.data import StudyDataset, load_run_annotation
+    from s2d_align.training.cache import resolve_cache_root
+    from s2d_align.training.data import load_run_annotation
     from s2d_align.training.distributed import torch_threads
-    from s2d_align.training.loop import LOG_FILE
-    from s2d_align.training.retrieval import RETRIEVAL_DIR, load_neighbours
-    from s2d_align.training.run_dir import RESULT_FILE, default_cache_root, load_run_config
-    from s2d_align.utils.io import read_json, read_jsonl, write_json
+    from s2d_align.training.run_dir import load_run_config
 
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
-    cache_root = cache_root or default_cache_root()
+    cache_root = resolve_cache_root(cache_root)
     with torch_threads(cfg.train.num_threads):
         run = load_run(run_dir, dist=dist, cache_root=cache_root)
         permuted = generate_loaded(
@@ -473,64 +468,106 @@ def run_diagnostics(
         )
         annotation = load_run_annotation(cfg, cache_root)
         studies = annotation.split(split)
-        dataset = StudyDataset(
-            studies, image_size=cfg.data.image_size, max_views=cfg.data.max_views
+        train_reports = [s.report for s in annotation.split("train")]
+        chosen, scores = _run_finding_scores(
+            run, studies, train_reports, labeler=labeler, cache_root=cache_root, progress=progress
         )
-        chosen = train_finding_sentences(
-            [s.report for s in annotation.split("train")], labeler, cache_dir=cache_root / "eval"
-        )
-        if run.dist.is_main:
-            write_json(run_dir / FINDING_SENTENCES_FILE, chosen.to_dict())
-        sentence_scores = finding_scores(
-            run.model,
-            dataset,
-            run.builder,
-            dist=run.dist,
-            batch_size=cfg.inference.batch_size,
-            sentences=chosen.sentences(),
-            autocast=run.autocast,
-            progress=progress,
-        )
-        scores = chosen.contrast(sentence_scores)
-        head = {}
-        if run.vocab and any(s.lambda_kp > 0 for s in cfg.stages):
-            from s2d_align.inference.keyphrase_eval import evaluate_keyphrase_head
-
-            metrics = evaluate_keyphrase_head(run, split, cache_root=cache_root)
-            if metrics["macro_auroc"] is not None:
-                head["diag/keyphrase_auroc"] = float(metrics["macro_auroc"])
-            head["diag/keyphrase_f1"] = float(metrics["micro_f1"])
+        head = _keyphrase_head_values(run, split, cache_root)
     study_labels = _label_texts(labeler, {s.id: s.report for s in studies})
     values = finding_auroc(scores, [study_labels[s.id] for s in studies])
     values.update(head)  # key-phrase head: macro AUROC over phrases, micro F1 at val thresholds
+    values.update(_train_log_values(run))
+    values.update(_retrieval_values(run_dir, split, labeler, study_labels))
+    return RunDiagnostics(
+        split=split, values=values, permuted_rows=permuted, finding_sentences=chosen
+    )
 
-    log_path = run_dir / LOG_FILE
-    result = read_json(run_dir / RESULT_FILE)
+
+def _run_finding_scores(
+    run: Any,
+    studies: Sequence[Study],
+    train_reports: Sequence[str],
+    *,
+    labeler: Any,
+    cache_root: Path,
+    progress: bool,
+) -> tuple[FindingSentences, np.ndarray]:
+    """The finding sentences chosen from ``train_reports`` (written to the run folder) and the
+    per-observation finding scores of ``studies`` (:func:`finding_scores`)."""
+    from s2d_align.training.data import StudyDataset
+    from s2d_align.utils.io import write_json
+
+    cfg = run.cfg
+    dataset = StudyDataset(studies, image_size=cfg.data.image_size, max_views=cfg.data.max_views)
+    chosen = train_finding_sentences(train_reports, labeler, cache_dir=cache_root / "eval")
+    if run.dist.is_main:
+        write_json(run.run_dir / FINDING_SENTENCES_FILE, chosen.to_dict())
+    sentence_scores = finding_scores(
+        run.model,
+        dataset,
+        run.builder,
+        dist=run.dist,
+        batch_size=cfg.inference.batch_size,
+        sentences=chosen.sentences(),
+        autocast=run.autocast,
+        progress=progress,
+    )
+    return chosen, chosen.contrast(sentence_scores)
+
+
+def _keyphrase_head_values(run: Any, split: str, cache_root: Path) -> dict[str, float]:
+    """``diag/keyphrase_auroc`` and ``diag/keyphrase_f1`` (none without a trained head)."""
+    head: dict[str, float] = {}
+    if run.vocab and any(s.lambda_kp > 0 for s in run.cfg.stages):
+        from s2d_align.inference.keyphrase_eval import evaluate_keyphrase_head
+
+        metrics = evaluate_keyphrase_head(run, split, cache_root=cache_root)
+        if metrics["macro_auroc"] is not None:
+            head["diag/keyphrase_auroc"] = float(metrics["macro_auroc"])
+        head["diag/keyphrase_f1"] = float(metrics["micro_f1"])
+    return head
+
+
+def _train_log_values(run: Any) -> dict[str, float]:
+    """:func:`train_log_diagnostics` of the run's training log, and the loaded memory gate when
+    the log has none for the last stage."""
+    from s2d_align.training.loop import LOG_FILE
+    from s2d_align.training.run_dir import RESULT_FILE
+    from s2d_align.utils.io import read_json, read_jsonl
+
+    cfg = run.cfg
+    log_path = run.run_dir / LOG_FILE
+    result = read_json(run.run_dir / RESULT_FILE)
     processes = max(1, int(result.get("processes") or 1))
     log_rows = read_jsonl(log_path) if log_path.is_file() else []
-    values.update(
-        train_log_diagnostics(log_rows, batch_size=math.ceil(cfg.train.batch_size / processes))
-    )
+    values = train_log_diagnostics(log_rows, batch_size=math.ceil(cfg.train.batch_size / processes))
     memory = getattr(run.model, "memory", None)
     last_stage = cfg.stages[-1].name
     if memory is not None and memory.gate is not None and f"diag/gate/{last_stage}" not in values:
         # A log written before the loop recorded the gate: the loaded model holds its final value.
         values[f"diag/gate/{last_stage}"] = float(memory.gate_factor().detach())
+    return values
+
+
+def _retrieval_values(
+    run_dir: Path, split: str, labeler: Any, study_labels: Mapping[str, Mapping[str, int | None]]
+) -> dict[str, float]:
+    """:func:`retrieval_label_precision` of the references retrieved for ``split`` (none when
+    the run folder has no retrieval index)."""
+    from s2d_align.training.retrieval import RETRIEVAL_DIR, load_neighbours
+    from s2d_align.utils.io import read_json
 
     folder = run_dir / RETRIEVAL_DIR
-    if (folder / "neighbours.json").is_file() and (folder / "index.json").is_file():
-        neighbours = load_neighbours(folder).get(split)
-        if neighbours:
-            index = read_json(folder / "index.json")
-            reports = dict(zip(index["ids"], index["reports"], strict=True))
-            wanted = {r for refs in neighbours.values() for r in refs}
-            missing = sorted(wanted - set(reports))
-            if missing:
-                raise DataError(
-                    f"{folder}: neighbours name train ids not in the index: {missing[:5]}"
-                )
-            ref_labels = _label_texts(labeler, {r: reports[r] for r in wanted})
-            values.update(retrieval_label_precision(neighbours, study_labels, ref_labels))
-    return RunDiagnostics(
-        split=split, values=values, permuted_rows=permuted, finding_sentences=chosen
-    )
+    if not ((folder / "neighbours.json").is_file() and (folder / "index.json").is_file()):
+        return {}
+    neighbours = load_neighbours(folder).get(split)
+    if not neighbours:
+        return {}
+    index = read_json(folder / "index.json")
+    reports = dict(zip(index["ids"], index["reports"], strict=True))
+    wanted = {r for refs in neighbours.values() for r in refs}
+    missing = sorted(wanted - set(reports))
+    if missing:
+        raise DataError(f"{folder}: neighbours name train ids not in the index: {missing[:5]}")
+    ref_labels = _label_texts(labeler, {r: reports[r] for r in wanted})
+    return retrieval_label_precision(neighbours, study_labels, ref_labels)

@@ -1,6 +1,7 @@
 """Report generation from a finished run folder: a whole split, or new images.
 
-Contexts (``inference.context`` or ``context=``): ``image``; ``image+reference`` (the top-k train
+Contexts (``inference.context`` or ``context=``; named after the signals of
+:mod:`s2d_align.training.signals`): ``image``; ``image+reference`` (the top-k train
 reports retrieved when the run was trained); ``image+reference+predicted_keyphrases`` (the
 key-phrase head's phrases at the per-phrase thresholds tuned on val); ``oracle_keyphrases``
 (phrases from the study's own reference report: an upper bound for analysis, never a result to
@@ -9,6 +10,10 @@ report as the method's). ``auto`` is the richest context the run trained with, n
 Rows are ``{"id", "prediction", "reference_ids", "keyphrases", "context"}``; ``s2d-align score``
 reads ``id`` and ``prediction``. With several processes each generates a shard and the rows are
 gathered, in split order, before anything is written.
+
+This module works on a run folder (load, choose the context, write the rows); the passes over a
+split themselves are :mod:`s2d_align.inference.passes` and
+:mod:`s2d_align.inference.keyphrase_prediction`, which training also calls.
 """
 
 from __future__ import annotations
@@ -24,14 +29,23 @@ import torch
 from s2d_align.config import Config
 from s2d_align.data.r2gen import Study, load_image
 from s2d_align.errors import ConfigError, DataError
+from s2d_align.inference.keyphrase_prediction import (
+    load_threshold,
+    predicted_keyphrases,
+    tune_keyphrase_threshold,
+)
+from s2d_align.inference.passes import generate_rows
+from s2d_align.training.cache import resolve_cache_root
 from s2d_align.training.collate import (
     Collator,
     ContextStore,
     InferenceContext,
     StageContext,
     batch_to,
+    build_context,
     pixel_batch,
     resolve_inference_context,
+    stage_context,
 )
 from s2d_align.training.data import Item, StudyDataset, load_run_annotation
 from s2d_align.training.distributed import Dist, torch_threads
@@ -39,26 +53,13 @@ from s2d_align.training.keyphrases import (
     THRESHOLD_FILE,
     decode_multi_hot,
     load_vocab,
-    load_vocab_source,
-    oracle_keyphrases,
     phrase_thresholds,
 )
-from s2d_align.training.predict import (
-    generate_rows,
-    load_threshold,
-    predicted_keyphrases,
-    tune_keyphrase_threshold,
-)
 from s2d_align.training.prompts import PromptBuilder
-from s2d_align.training.retrieval import RETRIEVAL_DIR, RetrievalIndex, load_neighbours
-from s2d_align.training.run_dir import (
-    ADAPTER_DIR,
-    ENCODER_FILE,
-    RESULT_FILE,
-    default_cache_root,
-    load_run_config,
-    load_run_tokenizer,
-)
+from s2d_align.training.retrieval import RETRIEVAL_DIR, ReferenceTexts, RetrievalIndex
+from s2d_align.training.run_dir import ADAPTER_DIR, ENCODER_FILE, RESULT_FILE, load_run_config
+from s2d_align.training.signals import SIGNALS, SignalInputs
+from s2d_align.training.tokenizer import load_run_tokenizer
 from s2d_align.utils.io import write_jsonl
 from s2d_align.utils.seed import seed_everything
 
@@ -109,7 +110,7 @@ def load_run(
     dist = dist or Dist()
     tokenizer = load_run_tokenizer(run_dir, cfg)
     vocab = load_vocab(run_dir)
-    model = _build(cfg, tokenizer, vocab, dist.device, cache_root or default_cache_root())
+    model = _build(cfg, tokenizer, vocab, dist.device, resolve_cache_root(cache_root))
     load_adapter(model, run_dir / ADAPTER_DIR)
     model.eval()
     builder = PromptBuilder(tokenizer, cfg.prompt, cfg.model.llm.max_length)
@@ -117,16 +118,16 @@ def load_run(
 
 
 def _check_context(run: LoadedRun, ctx: InferenceContext) -> None:
-    if ctx.reference and not (run.run_dir / RETRIEVAL_DIR / "index.json").is_file():
+    if "reference" in ctx.signals and not (run.run_dir / RETRIEVAL_DIR / "index.json").is_file():
         raise ConfigError(
             f"context {ctx.name!r} needs reference reports but {run.run_dir} has no retrieval "
             "index (the run never used references)"
         )
-    if ctx.keyphrases != "none" and not run.vocab:
+    if "keyphrases" in ctx.signals and not run.vocab:
         raise ConfigError(
             f"context {ctx.name!r} needs key phrases but the run has no key-phrase vocabulary"
         )
-    if ctx.keyphrases == "predicted" and not any(s.lambda_kp > 0 for s in run.cfg.stages):
+    if ctx.source("keyphrases") == "run" and not any(s.lambda_kp > 0 for s in run.cfg.stages):
         raise ConfigError(
             f"context {ctx.name!r} needs a trained key-phrase head (no stage has lambda_kp > 0)"
         )
@@ -139,12 +140,12 @@ def keyphrase_thresholds(
     folder has none yet (an old single-threshold file gives every phrase its value)."""
     record = load_threshold(run.run_dir)
     if record is None:  # tuned on val, never on the split being generated
-        ann = load_run_annotation(run.cfg, cache_root or default_cache_root())
+        ann = load_run_annotation(run.cfg, resolve_cache_root(cache_root))
         val = StudyDataset(
             ann.split("val"), image_size=run.cfg.data.image_size, max_views=run.cfg.data.max_views
         )
-        oracle = oracle_keyphrases(
-            {s.id: s.report for s in val.studies}, run.vocab, load_vocab_source(run.run_dir)
+        oracle = SIGNALS["keyphrases"].build(
+            SignalInputs(run.cfg, val.studies, "val", run.run_dir, run.vocab)
         )
         record = tune_keyphrase_threshold(
             run.model,
@@ -205,7 +206,7 @@ def generate_loaded(
     """:func:`generate_split` with a run already loaded (several passes share one model)."""
     ctx = resolve_inference_context(run.cfg, context)
     _check_context(run, ctx)
-    ann = load_run_annotation(run.cfg, cache_root or default_cache_root())
+    ann = load_run_annotation(run.cfg, resolve_cache_root(cache_root))
     studies = ann.split(split)
     if not studies:
         raise DataError(f"{ann.path}: split {split!r} is empty")
@@ -215,31 +216,7 @@ def generate_loaded(
         max_views=run.cfg.data.max_views,
         progress=progress and run.dist.is_main,
     )
-    store = ContextStore()
-    if ctx.reference:
-        folder = run.run_dir / RETRIEVAL_DIR
-        neighbours = load_neighbours(folder)
-        if split not in neighbours:
-            raise DataError(f"{folder}: no retrieved references for split {split!r}")
-        index = RetrievalIndex.load(folder)
-        store.reference_reports = dict(zip(index.ids, index.reports, strict=True))
-        store.references = dict(neighbours[split])
-    if ctx.keyphrases == "oracle":
-        store.keyphrases = oracle_keyphrases(
-            {s.id: s.report for s in studies}, run.vocab, load_vocab_source(run.run_dir)
-        )
-    elif ctx.keyphrases == "predicted":
-        threshold = keyphrase_thresholds(run, cache_root, progress)
-        store.predicted = predicted_keyphrases(
-            run.model,
-            dataset,
-            run.builder,
-            threshold,
-            dist=run.dist,
-            batch_size=run.cfg.inference.batch_size,
-            autocast=run.autocast,
-            progress=progress,
-        )
+    store = _split_store(run, ctx, split, dataset, cache_root=cache_root, progress=progress)
     shown = dataset
     if permute_images:  # after the key phrases: those were predicted from the study's own image
         from s2d_align.inference.diagnostics import permute_images as permuted
@@ -263,6 +240,35 @@ def generate_loaded(
         write_jsonl(out, rows)
     run.dist.barrier()
     return rows
+
+
+def _split_store(
+    run: LoadedRun,
+    ctx: InferenceContext,
+    split: str,
+    dataset: StudyDataset,
+    *,
+    cache_root: Path | None,
+    progress: bool,
+) -> ContextStore:
+    """What ``ctx`` puts in the prompts of ``split``'s studies: the key-phrase head's phrases,
+    and every other signal from its builder (the references retrieved when the run was trained,
+    oracle key phrases)."""
+    provided = {}
+    if ctx.source("keyphrases") == "run":
+        threshold = keyphrase_thresholds(run, cache_root, progress)
+        provided["keyphrases"] = predicted_keyphrases(
+            run.model,
+            dataset,
+            run.builder,
+            threshold,
+            dist=run.dist,
+            batch_size=run.cfg.inference.batch_size,
+            autocast=run.autocast,
+            progress=progress,
+        )
+    inputs = SignalInputs(run.cfg, dataset.studies, split, run.run_dir, run.vocab)
+    return build_context(ctx.signals, inputs, provided)
 
 
 def _image_item(paths: Sequence[str | Path], cfg: Config) -> Item:
@@ -301,20 +307,21 @@ def _generate_for_images(run_dir, image_paths, context, cache_root) -> str:
 
     run = load_run(run_dir, cache_root=cache_root)
     ctx = resolve_inference_context(run.cfg, context)
-    if ctx.keyphrases == "oracle":
-        raise ConfigError("oracle key phrases need a reference report; new images have none")
+    if ctx.oracle:
+        raise ConfigError(
+            f"context {ctx.name!r} builds {', '.join(ctx.oracle)} from the study's own report; "
+            "new images have none"
+        )
     _check_context(run, ctx)
     item = _image_item(image_paths, run.cfg)
     batch_items = [item]
-    store = ContextStore()
+    provided: dict[str, dict] = {}
     device = run.dist.device
-    if ctx.reference:
+    if "reference" in ctx.signals:
         folder = run.run_dir / RETRIEVAL_DIR
         index = RetrievalIndex.load(folder)
         # Embed with the encoder state that built the index (the final one may have moved on).
-        encoder = _build(
-            run.cfg, run.tokenizer, run.vocab, device, cache_root or default_cache_root()
-        )
+        encoder = _build(run.cfg, run.tokenizer, run.vocab, device, resolve_cache_root(cache_root))
         encoder.load_trainable_state_dict(
             load_file(str(folder / ENCODER_FILE)), source=str(folder / ENCODER_FILE)
         )
@@ -323,16 +330,19 @@ def _generate_for_images(run_dir, image_paths, context, cache_root) -> str:
             pixels, view_mask = pixel_batch(batch_items)
             _, pooled = encoder.encode_images(pixels.to(device), view_mask.to(device))
         del encoder
-        store.reference_reports = dict(zip(index.ids, index.reports, strict=True))
-        store.references = {item.study.id: index.query(pooled.cpu(), run.cfg.retrieval.k)[0]}
-    if ctx.keyphrases == "predicted":
+        reports = dict(zip(index.ids, index.reports, strict=True))
+        hits = {item.study.id: index.query(pooled.cpu(), run.cfg.retrieval.k)[0]}
+        provided["reference"] = ReferenceTexts(hits, reports)
+    if "keyphrases" in ctx.signals:
         threshold = keyphrase_thresholds(run, cache_root, progress=False)
         probe = Collator(run.builder, ContextStore(), [StageContext()], generate=True)
         with torch.no_grad(), run.autocast():
             probs = run.model.predict_keyphrases(batch_to(probe(batch_items), device))[0]
         chosen = probs.float().cpu().numpy() >= threshold
-        store.predicted = {item.study.id: decode_multi_hot(chosen, run.vocab)}
-    collate = Collator(run.builder, store, [ctx.stage_context], vocab=run.vocab, generate=True)
+        provided["keyphrases"] = {item.study.id: decode_multi_hot(chosen, run.vocab)}
+    inputs = SignalInputs(run.cfg, [item.study], "input", run.run_dir, run.vocab)
+    store = build_context(ctx.signals, inputs, provided)
+    collate = Collator(run.builder, store, [stage_context(ctx)], vocab=run.vocab, generate=True)
     batch = batch_to(collate(batch_items), device)
     with run.autocast():
         text = run.model.generate(

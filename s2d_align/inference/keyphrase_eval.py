@@ -16,7 +16,8 @@ import numpy as np
 
 from s2d_align.errors import ConfigError, DataError
 from s2d_align.evaluation.stats import auroc
-from s2d_align.training.keyphrases import load_vocab_source, micro_f1, oracle_keyphrases
+from s2d_align.training.keyphrases import micro_f1
+from s2d_align.training.signals import SIGNALS, SignalInputs
 
 
 def keyphrase_head_metrics(
@@ -64,13 +65,13 @@ def evaluate_keyphrase_head(
     val-tuned thresholds (tuned and saved first if the folder has none). Adds ``split`` and
     ``vocab`` (phrase names, the order of ``phrase_auroc``)."""
     from s2d_align.inference.generate import keyphrase_thresholds
+    from s2d_align.inference.keyphrase_prediction import keyphrase_probs, keyphrase_targets
+    from s2d_align.training.cache import resolve_cache_root
     from s2d_align.training.data import StudyDataset, load_run_annotation
-    from s2d_align.training.predict import keyphrase_probs, keyphrase_targets
-    from s2d_align.training.run_dir import default_cache_root
 
     if not run.vocab or not any(s.lambda_kp > 0 for s in run.cfg.stages):
         raise ConfigError(f"{run.run_dir}: the run has no trained key-phrase head")
-    ann = load_run_annotation(run.cfg, cache_root or default_cache_root())
+    ann = load_run_annotation(run.cfg, resolve_cache_root(cache_root))
     studies = ann.split(split)
     if not studies:
         raise DataError(f"{ann.path}: split {split!r} is empty")
@@ -78,8 +79,8 @@ def evaluate_keyphrase_head(
         studies, image_size=run.cfg.data.image_size, max_views=run.cfg.data.max_views
     )
     thresholds = keyphrase_thresholds(run, cache_root, progress)
-    oracle = oracle_keyphrases(
-        {s.id: s.report for s in studies}, run.vocab, load_vocab_source(run.run_dir)
+    oracle = SIGNALS["keyphrases"].build(
+        SignalInputs(run.cfg, studies, split, run.run_dir, run.vocab)
     )
     probs = keyphrase_probs(
         run.model,

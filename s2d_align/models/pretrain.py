@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from s2d_align.config.schema import Config
 from s2d_align.errors import ConfigError, DataError
 from s2d_align.models.llm import build_tiny_llm
 from s2d_align.models.weights_cache import cached_weights
+from s2d_align.utils.progress import progress_bar
 
 PRETRAIN_SEED = 1234  # fixed on purpose: the cache is shared by every run seed
 BATCH_SIZE = 32
@@ -83,8 +83,6 @@ def train_tiny_llm(
     cfg: Config, tokenizer, train_reports: list[str], *, progress: bool = False
 ) -> tuple[dict[str, torch.Tensor], dict]:
     """Pre-train a fresh tiny LM; returns (state dict, training log). Deterministic."""
-    from tqdm.auto import tqdm
-
     lcfg = cfg.model.llm
     rows = _encode_reports(tokenizer, train_reports, lcfg.max_length)
     pad = tokenizer.pad_token_id
@@ -98,10 +96,10 @@ def train_tiny_llm(
         opt = torch.optim.AdamW(
             model.parameters(), lr=lcfg.pretrain_lr, betas=(0.9, 0.95), weight_decay=0.01
         )
-        bar = tqdm(
+        bar = progress_bar(
             range(lcfg.pretrain_steps),
             desc="pre-train tiny LM",
-            disable=not (progress and sys.stderr.isatty()),
+            wanted=progress,
         )
         for step in bar:
             pick = torch.randint(len(rows), (min(BATCH_SIZE, len(rows)),), generator=gen)

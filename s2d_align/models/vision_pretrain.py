@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -33,6 +32,7 @@ from s2d_align.config.schema import Config
 from s2d_align.errors import ConfigError, DataError
 from s2d_align.models.tiny_cnn import ARCH_VERSION as CNN_VERSION
 from s2d_align.models.weights_cache import cached_weights
+from s2d_align.utils.progress import progress_bar
 
 PRETRAIN_SEED = 4321  # fixed on purpose: the cache is shared by every run seed
 BATCH_SIZE = 32
@@ -90,8 +90,6 @@ def train_tiny_vision(
     ``pixels`` uint8 ``[N, V, H, W]``, ``n_views`` ``[N]``, ``targets`` float ``[N, C]``.
     Returns the backbone's state dict (the head is dropped) and a training log.
     """
-    from tqdm.auto import tqdm
-
     from s2d_align.models.vision import VisionEncoder
 
     vcfg = cfg.model.vision
@@ -112,10 +110,10 @@ def train_tiny_vision(
         params = [*encoder.parameters(), *head.parameters()]
         opt = torch.optim.AdamW(params, lr=vcfg.pretrain_lr, weight_decay=0.01)
         gen = torch.Generator().manual_seed(PRETRAIN_SEED)
-        bar = tqdm(
+        bar = progress_bar(
             range(vcfg.pretrain_steps),
             desc="pre-train vision tower",
-            disable=not (progress and sys.stderr.isatty()),
+            wanted=progress,
         )
         encoder.train()
         for step in bar:

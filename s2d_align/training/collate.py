@@ -1,17 +1,17 @@
 """Batches in the layout ``S2DModel`` consumes (listed in ``s2d_align.models.s2d``).
 
 Training batches are right-padded, with labels on target tokens (+ eos) only; generation batches
-hold the prompt alone, left-padded so every row ends where generation starts. What goes into a
-prompt (reference report, key phrases, their dropout) and which auxiliary text feeds the
-alignment loss is decided by the stage's :class:`StageContext`.
+hold the prompt alone, left-padded so every row ends where generation starts. Which auxiliary
+signals (:mod:`s2d_align.training.signals`) go into a prompt, their dropout and which one feeds
+the alignment loss is decided by the stage's :class:`StageContext`.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,63 +20,80 @@ from s2d_align.config.schema import Config, StageConfig
 from s2d_align.errors import ConfigError
 from s2d_align.training.data import Item
 from s2d_align.training.keyphrases import multi_hot
-from s2d_align.training.prompts import KEYPHRASE_SEPARATOR, REFERENCE_SEPARATOR, PromptBuilder
+from s2d_align.training.prompts import PromptBuilder
+from s2d_align.training.signals import (
+    REQUIRED,
+    SIGNALS,
+    InferenceContext,
+    SignalInputs,
+    auto_context,
+    get_signal,
+    in_prompt_order,
+    inference_contexts,
+    render_parts,
+)
 
 IGNORE_INDEX = -100
-KeyphraseSource = Literal["none", "oracle", "predicted"]
 
 
 @dataclass(frozen=True)
 class StageContext:
     """What one stage (or one signal set of a multitask stage) puts in and around the prompt."""
 
-    reference: bool = False
-    keyphrases: KeyphraseSource = "none"
-    keyphrase_dropout: float = 0.0
-    align_with: Literal["none", "reference", "keyphrases"] = "none"
+    signals: tuple[str, ...] = ()  # in the prompt, in prompt order (training.signals names)
+    dropout: tuple[tuple[str, float], ...] = ()  # (signal, probability its part is left out)
+    align_with: str = "none"  # the signal whose text the alignment loss pairs with the image
     lambda_align: float = 0.0
     lambda_kp: float = 0.0
     name: str = "pair"
 
     @classmethod
     def from_stage(cls, stage: StageConfig) -> StageContext:
+        where = f"stages.{stage.name}"
+        signals = in_prompt_order(stage.context, f"{where}.context")
+        if stage.align_with != "none" and get_signal(stage.align_with, where).align is None:
+            raise ConfigError(
+                f"{where}.align_with: signal {stage.align_with!r} has no alignment text"
+            )
+        dropout = tuple(
+            (name, drop(stage)) for name in signals if (drop := SIGNALS[name].dropout) is not None
+        )
         return cls(
-            reference="reference" in stage.context,
-            keyphrases="oracle" if "keyphrases" in stage.context else "none",
-            keyphrase_dropout=stage.keyphrase_dropout,
+            signals=signals,
+            dropout=dropout,
             align_with=stage.align_with,
             lambda_align=stage.lambda_align if stage.align_with != "none" else 0.0,
             lambda_kp=stage.lambda_kp,
             name=stage.name,
         )
 
+    def needs(self, signal: str) -> bool:
+        """Whether batches of this context read ``signal``'s values (prompt, alignment, or, for
+        key phrases, the head's targets)."""
+        return (
+            signal in self.signals
+            or self.align_with == signal
+            or (signal == "keyphrases" and self.lambda_kp > 0)
+        )
+
     @property
     def needs_references(self) -> bool:
-        return self.reference or self.align_with == "reference"
+        return self.needs("reference")
 
     @property
     def needs_keyphrases(self) -> bool:
-        return self.keyphrases != "none" or self.align_with == "keyphrases" or self.lambda_kp > 0
+        return self.needs("keyphrases")
 
 
-#: Inference contexts: (reference report in the prompt, key-phrase source).
-INFERENCE_CONTEXTS: dict[str, tuple[bool, KeyphraseSource]] = {
-    "image": (False, "none"),
-    "image+reference": (True, "none"),
-    "image+reference+predicted_keyphrases": (True, "predicted"),
-    "oracle_keyphrases": (True, "oracle"),  # upper bound for analysis, never a headline number
-}
+def needed_signals(contexts: Iterable[StageContext]) -> list[str]:
+    """The signals whose values batches of ``contexts`` read, in registry order."""
+    contexts = list(contexts)
+    return [name for name in SIGNALS if any(c.needs(name) for c in contexts)]
 
 
-@dataclass(frozen=True)
-class InferenceContext:
-    name: str
-    reference: bool
-    keyphrases: KeyphraseSource
-
-    @property
-    def stage_context(self) -> StageContext:
-        return StageContext(reference=self.reference, keyphrases=self.keyphrases, name=self.name)
+def stage_context(ctx: InferenceContext) -> StageContext:
+    """The collate context of an inference context (no dropout, no losses)."""
+    return StageContext(signals=ctx.signals, name=ctx.name)
 
 
 def resolve_inference_context(
@@ -90,52 +107,75 @@ def resolve_inference_context(
     stages = cfg.stages if stages is None else stages
     if name == "auto":
         final = list(stages) if cfg.train.mode == "multitask" else list(stages)[-1:]
-        with_ref = any("reference" in s.context for s in final)
-        with_kp = any("keyphrases" in s.context for s in final)
-        head = any(s.lambda_kp > 0 for s in stages)
-        if with_kp and head:
-            name = "image+reference+predicted_keyphrases"
-        elif with_ref:
-            name = "image+reference"
-        else:
-            name = "image"
-    if name not in INFERENCE_CONTEXTS:
-        raise ConfigError(
-            f"unknown inference context {name!r}; valid: auto, {', '.join(INFERENCE_CONTEXTS)}"
-        )
-    reference, keyphrases = INFERENCE_CONTEXTS[name]
-    return InferenceContext(name, reference, keyphrases)
+        return auto_context([n for s in final for n in s.context], stages)
+    contexts = inference_contexts()
+    if name not in contexts:
+        raise ConfigError(f"unknown inference context {name!r}; valid: auto, {', '.join(contexts)}")
+    return contexts[name]
+
+
+def check_signal_names(cfg: Config) -> None:
+    """Fail early, naming the key, when a stage or ``inference.context`` names an unknown signal."""
+    for stage in cfg.stages:
+        StageContext.from_stage(stage)
+    resolve_inference_context(cfg)
 
 
 @dataclass
 class ContextStore:
-    """Auxiliary text per study id: retrieved references and key phrases."""
+    """Auxiliary values per signal and study: ``values[signal][study id]`` is what the prompt
+    renders; ``align[signal]``, when present, what the alignment loss reads instead."""
 
-    references: dict[str, list[str]] = field(default_factory=dict)  # id -> train ids
-    reference_reports: dict[str, str] = field(default_factory=dict)  # train id -> report
-    keyphrases: dict[str, list[str]] = field(default_factory=dict)  # oracle, vocabulary order
-    all_keyphrases: dict[str, list[str]] = field(default_factory=dict)  # oracle, unrestricted
-    predicted: dict[str, list[str]] = field(default_factory=dict)  # from the key-phrase head
+    values: dict[str, Mapping[str, Any]] = field(default_factory=dict)
+    align: dict[str, Mapping[str, Any]] = field(default_factory=dict)
 
-    def reference_ids(self, sid: str) -> list[str]:
-        if sid not in self.references:
-            raise KeyError(f"no retrieved reference for study {sid!r} (retrieval index not built?)")
-        return self.references[sid]
+    def value(self, signal: str, sid: str) -> Any:
+        return self._lookup(self.values, signal, sid)
 
-    def reference_text(self, sid: str) -> str:
-        return REFERENCE_SEPARATOR.join(
-            self.reference_reports[r].strip() for r in self.reference_ids(sid)
-        )
+    def align_text(self, signal: str, sid: str) -> str:
+        table = self.align if signal in self.align else self.values
+        to_text = get_signal(signal).align
+        if to_text is None:
+            raise ConfigError(f"signal {signal!r} has no alignment text")
+        return to_text(self._lookup(table, signal, sid))
+
+    @staticmethod
+    def _lookup(tables: Mapping[str, Mapping[str, Any]], signal: str, sid: str) -> Any:
+        table = tables.get(signal, {})
+        if sid in table:
+            return table[sid]
+        missing = get_signal(signal).missing
+        if missing is REQUIRED:
+            raise KeyError(f"no {signal} value for study {sid!r} (its values were not built?)")
+        return missing
 
 
-def keyphrase_dropped(seed: int, stage: str, epoch: int, sid: str, p: float) -> bool:
-    """Whether a study's key phrases are dropped from its prompt: a pure function of its inputs,
-    so resuming or sharding a run never changes the draw."""
+def build_context(
+    signals: Iterable[str],
+    inputs: SignalInputs,
+    provided: Mapping[str, Mapping[str, Any]] | None = None,
+) -> ContextStore:
+    """The one context builder (training, intermediate evaluation, inference): a store with the
+    values of ``signals`` for ``inputs.studies``, taken from ``provided`` (what the run itself
+    produced: its retrieved references, the key-phrase head's predictions) or else built by the
+    signal's builder from data."""
+    provided = provided or {}
+    store = ContextStore()
+    for name in signals:
+        store.values[name] = provided[name] if name in provided else get_signal(name).build(inputs)
+    return store
+
+
+def signal_dropped(seed: int, stage: str, epoch: int, sid: str, p: float, signal: str) -> bool:
+    """Whether a study's ``signal`` part is dropped from its prompt: a pure function of its
+    inputs, so resuming or sharding a run never changes the draw. Key phrases draw from the
+    seed string they had before other signals could drop (the numbers of old runs hold)."""
     if p <= 0:
         return False
     if p >= 1:
         return True
-    return random.Random(f"{seed}:{stage}:{epoch}:{sid}").random() < p
+    key = f"{seed}:{stage}:{epoch}:{sid}" + ("" if signal == "keyphrases" else f":{signal}")
+    return random.Random(key).random() < p
 
 
 def _pad(rows: Sequence[list[int]], value: int, left: bool) -> torch.Tensor:
@@ -192,33 +232,26 @@ class Collator:
             raise ValueError(f"a batch mixes signal sets {sorted(mixes)}")
         return self.contexts[mixes.pop()]
 
-    def _prompt_parts(self, item: Item, ctx: StageContext) -> tuple[str | None, list[str] | None]:
+    def _prompt_values(self, item: Item, ctx: StageContext) -> dict[str, Any]:
+        """``{signal: value}`` of the parts in this item's prompt (dropped ones left out)."""
         sid = item.study.id
-        reference = self.store.reference_text(sid) if ctx.reference else None
-        # None: no key-phrase part at all; [] renders as "Key phrases: none" (a normal study).
-        phrases: list[str] | None
-        if ctx.keyphrases == "none":
-            phrases = None
-        elif ctx.keyphrases == "predicted":
-            phrases = self.store.predicted.get(sid, [])
-        else:
-            phrases = self.store.keyphrases.get(sid, [])
-            if not self.generate and keyphrase_dropped(
-                self.seed, ctx.name, item.epoch, sid, ctx.keyphrase_dropout
-            ):
-                phrases = None
-        return reference, phrases
-
-    def _aux_text(self, item: Item, ctx: StageContext) -> str:
-        sid = item.study.id
-        if ctx.align_with == "reference":
-            return self.store.reference_text(sid)
-        return KEYPHRASE_SEPARATOR.join(self.store.all_keyphrases.get(sid, []))
+        dropout = dict(ctx.dropout)
+        values = {}
+        for name in ctx.signals:
+            value = self.store.value(name, sid)
+            p = dropout.get(name, 0.0)
+            if not self.generate and signal_dropped(self.seed, ctx.name, item.epoch, sid, p, name):
+                continue
+            values[name] = value
+        return values
 
     def __call__(self, items: Sequence[Item]) -> dict:
         ctx = self.context_of(items)
         pixels, view_mask = pixel_batch(items)
-        prompts = [self.builder.prompt_ids(*self._prompt_parts(it, ctx)) for it in items]
+        prompts = [
+            self.builder.prompt_ids(render_parts(self._prompt_values(it, ctx), self.builder))
+            for it in items
+        ]
         pad = self.builder.tokenizer.pad_token_id
         batch: dict = {
             "ids": [it.study.id for it in items],
@@ -240,12 +273,15 @@ class Collator:
         batch["labels"] = _pad(labels, IGNORE_INDEX, left=False)
         batch["aux_ids"] = batch["aux_mask"] = batch["kp_targets"] = None
         if ctx.align_with != "none" and ctx.lambda_align > 0:
-            aux = [self.builder.aux_ids(self._aux_text(it, ctx)) for it in items]
+            aux = [
+                self.builder.aux_ids(self.store.align_text(ctx.align_with, it.study.id))
+                for it in items
+            ]
             batch["aux_ids"] = _pad(aux, pad, left=False)
             batch["aux_mask"] = _mask(aux, left=False)
         if ctx.lambda_kp > 0:
             batch["kp_targets"] = torch.stack(
-                [multi_hot(self.store.keyphrases.get(it.study.id, []), self.vocab) for it in items]
+                [multi_hot(self.store.value("keyphrases", it.study.id), self.vocab) for it in items]
             )
         return batch
 

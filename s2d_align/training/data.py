@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 from torch.utils.data import Dataset, Sampler
-from tqdm import tqdm
 
 from s2d_align.config.schema import Config
 from s2d_align.data.r2gen import Annotation, Study, load_annotation, load_image
 from s2d_align.errors import ConfigError
+from s2d_align.utils.progress import progress_bar
 
 #: Decoded images are kept in memory when all of them fit in this many bytes (as uint8).
 IMAGE_CACHE_BYTES = 2 << 30
@@ -52,6 +52,17 @@ def load_run_annotation(cfg: Config, cache_root: Path, *, progress: bool = False
         group_by_study=data.group_by_study,
         skip_bad=data.skip_bad,
     )
+
+
+def train_reports(annotation: Annotation) -> list[str]:
+    """One report per train study (per-image MIMIC rows repeat their study's report)."""
+    seen, out = set(), []
+    for study in annotation.split("train"):
+        key = study.study_id or study.id
+        if key not in seen:
+            seen.add(key)
+            out.append(study.report)
+    return out
 
 
 def _to_uint8(image: np.ndarray) -> np.ndarray:
@@ -107,11 +118,11 @@ class StudyDataset(Dataset):
         shape = (len(self.studies), self.max_views, self.image_size, self.image_size)
         self._pixels = np.zeros(shape, dtype=np.uint8)
         self._views = np.zeros(len(self.studies), dtype=np.int64)
-        bar = tqdm(
+        bar = progress_bar(
             self.studies,
             desc="loading images",
             unit="study",
-            disable=not (progress and sys.stderr.isatty()),
+            wanted=progress,
         )
         for i, study in enumerate(bar):
             self._pixels[i], self._views[i] = self._load(study)

@@ -22,8 +22,9 @@ once ("right central central venous catheter"). A study without any such finding
 The vocabulary is the K phrases that occur in the most train-split reports (document frequency,
 ties broken alphabetically so it never depends on dict order). Prompts list a study's phrases in
 vocabulary order, so the oracle phrases seen in training and the phrases the head predicts at
-inference look alike. :func:`oracle_keyphrases` is the one way a study's phrases are computed,
-for training targets and prompts, threshold tuning and inference alike.
+inference look alike. :func:`oracle_keyphrases` is the one way a study's phrases are computed
+(the "keyphrases" signal's builder, :mod:`s2d_align.training.signals`, calls it), for training
+targets and prompts, threshold tuning and inference alike.
 
 The head's decision rule is one threshold per phrase, tuned on val (:func:`tune_phrase_thresholds`).
 """
@@ -31,7 +32,6 @@ The head's decision rule is one threshold per phrase, tuned on val (:func:`tune_
 from __future__ import annotations
 
 import re
-import sys
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -40,10 +40,10 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from s2d_align.errors import DataError
 from s2d_align.utils.io import read_json, write_json
+from s2d_align.utils.progress import progress_bar
 
 if TYPE_CHECKING:
     from s2d_align.evaluation.analyser import KeyPhrase
@@ -120,9 +120,7 @@ def extract_keyphrases(
     _check_source(source)
     cache: dict[str, list[str]] = {}
     out: dict[str, list[str]] = {}
-    items = tqdm(
-        reports.items(), desc=desc, unit="report", disable=not (progress and sys.stderr.isatty())
-    )
+    items = progress_bar(reports.items(), wanted=progress, desc=desc, unit="report")
     for sid, report in items:
         if report not in cache:
             cache[report] = report_keyphrases(report, source=source)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +21,6 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from s2d_align.config.schema import Config, StageConfig, Trainable
 from s2d_align.errors import ConfigError, S2DError
@@ -31,6 +29,7 @@ from s2d_align.training.collate import IGNORE_INDEX, StageContext, batch_to
 from s2d_align.training.data import mix_choice
 from s2d_align.training.distributed import Dist
 from s2d_align.training.tracking import Tracking
+from s2d_align.utils.progress import progress_bar
 
 LOG_FILE = "train_log.jsonl"
 # A multitask stage trains each part as much as its most trainable signal set asks.
@@ -249,7 +248,45 @@ def train_stage(
     returns the updated counters. ``resume`` carries the optimizer and scheduler states of a
     mid-stage checkpoint (the caller has already restored weights and RNG states).
     """
-    cfg, model, dist = env.cfg.train, env.model, env.dist
+    params, optimizer, scheduler = _start_stage(env, plan, state, resume)
+    bar = _stage_bar(env, plan, state)
+    batches = iter(env.make_loader(plan, state.micro_batches))
+    started = time.perf_counter()
+    try:
+        while state.stage_step < plan.steps:
+            t0 = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            sums = _accumulate(env, plan, state, batches, last_checkpoint)
+            lr, grad_norm = _apply_gradients(
+                env, plan, state, params, (optimizer, scheduler), last_checkpoint
+            )
+            loss, rows, seconds = _record_step(env, plan, state, sums, lr, grad_norm, t0)
+            bar.update()
+            bar.set_postfix(loss=f"{loss:.3f}", sps=f"{rows / max(seconds, 1e-9):.1f}")
+            at_end = state.stage_step == plan.steps
+            if at_end:
+                state.stage_done = True
+                state.stage_seconds[plan.name] = state.stage_seconds.get(plan.name, 0.0) + (
+                    time.perf_counter() - started
+                )
+            every = env.cfg.train.checkpoint_every
+            if at_end or (every > 0 and state.global_step % every == 0):
+                last_checkpoint = env.checkpoint(optimizer, scheduler, state)
+            _after_step(env, plan, state, loss)
+    finally:
+        bar.close()
+    if plan.steps == 0:  # an empty stage still leaves a checkpoint at its boundary
+        state.stage_done = True
+        env.checkpoint(None, None, state)
+    return state
+
+
+def _start_stage(
+    env: LoopEnv, plan: StagePlan, state: RunState, resume: Checkpoint | None
+) -> tuple[list[torch.nn.Parameter], torch.optim.Optimizer, Any]:
+    """The stage's trainable parameters, a fresh optimizer and the run-wide schedule (with the
+    checkpoint's states when resuming mid-stage)."""
+    cfg, model = env.cfg.train, env.model
     fresh = state.stage_step == 0 and resume is None
     if fresh:
         # micro_batches is NOT reset: every stage continues one data order, so all variants see
@@ -278,115 +315,130 @@ def train_stage(
     if resume is not None and not fresh:
         optimizer.load_state_dict(resume.optimizer)
         scheduler.load_state_dict(resume.scheduler)
+    return params, optimizer, scheduler
 
-    bar = tqdm(
+
+def _stage_bar(env: LoopEnv, plan: StagePlan, state: RunState):
+    return progress_bar(
         total=plan.steps,
         initial=state.stage_step,
         desc=f"stage {plan.index + 1} {plan.name}",
         unit="step",
-        disable=not (env.progress and dist.is_main and sys.stderr.isatty()),
+        wanted=env.progress,
+        main_process=env.dist.is_main,
         leave=False,
     )
-    batches = iter(env.make_loader(plan, state.micro_batches))
-    started = time.perf_counter()
-    try:
-        while state.stage_step < plan.steps:
-            t0 = time.perf_counter()
-            optimizer.zero_grad(set_to_none=True)
-            totals: dict[str, float] = {}
-            loss_sum, rows, target_tokens, input_tokens = 0.0, 0, 0, 0
-            for _ in range(cfg.grad_accum):
-                ctx = plan.contexts[mix_choice(plan.weights, env.cfg.seed, state.micro_batches)]
-                batch = batch_to(next(batches), dist.device)
-                out = _loss_step(env, batch, ctx)
-                loss_value = float(out.loss.detach())
-                if dist.any(not math.isfinite(loss_value)):
-                    raise _fail(
-                        env,
-                        plan,
-                        state.global_step + 1,
-                        f"non-finite loss ({loss_value})",
-                        last_checkpoint,
-                    )
-                (out.loss / cfg.grad_accum).backward()
-                state.micro_batches += 1
-                loss_sum += loss_value
-                for key, value in out.losses.items():
-                    totals[key] = totals.get(key, 0.0) + float(value.detach())
-                rows += len(batch["ids"])
-                target_tokens += int((batch["labels"] != IGNORE_INDEX).sum())
-                input_tokens += int(batch["attention_mask"].sum())
-            dist.average_gradients(params)
-            grad_norm = float(
-                torch.nn.utils.clip_grad_norm_(
-                    params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf
-                )
-            )
-            if not math.isfinite(grad_norm):
-                raise _fail(
-                    env,
-                    plan,
-                    state.global_step + 1,
-                    f"non-finite gradient norm ({grad_norm})",
-                    last_checkpoint,
-                )
-            lr = optimizer.param_groups[0]["lr"]
-            optimizer.step()
-            scheduler.step()
-            rows, target_tokens, input_tokens = dist.sum_ints([rows, target_tokens, input_tokens])
-            state.stage_step += 1
-            state.global_step += 1
-            state.samples += rows
-            state.target_tokens += target_tokens
-            state.input_tokens += input_tokens
-            seconds = time.perf_counter() - t0
-            loss = loss_sum / cfg.grad_accum
-            env.log(
-                {
-                    "stage": plan.name,
-                    "stage_index": plan.index,
-                    "step": state.global_step,
-                    "stage_step": state.stage_step,
-                    "loss": loss,
-                    "losses": {k: v / cfg.grad_accum for k, v in totals.items()},
-                    "lr": lr,
-                    "grad_norm": grad_norm,
-                    "gate": model.gate_value(),
-                    "samples": rows,
-                    "target_tokens": target_tokens,
-                    "tokens_seen": state.target_tokens,
-                    "input_tokens_seen": state.input_tokens,
-                    "samples_per_s": rows / seconds if seconds > 0 else None,
-                }
-            )
-            bar.update()
-            bar.set_postfix(loss=f"{loss:.3f}", sps=f"{rows / max(seconds, 1e-9):.1f}")
-            at_end = state.stage_step == plan.steps
-            if at_end:
-                state.stage_done = True
-                state.stage_seconds[plan.name] = state.stage_seconds.get(plan.name, 0.0) + (
-                    time.perf_counter() - started
-                )
-                started = time.perf_counter()
-            if at_end or (
-                cfg.checkpoint_every > 0 and state.global_step % cfg.checkpoint_every == 0
-            ):
-                last_checkpoint = env.checkpoint(optimizer, scheduler, state)
-            val_rows = None
-            if (
-                env.evaluate is not None
-                and cfg.eval_every > 0
-                and state.global_step % cfg.eval_every == 0
-            ):
-                val_rows = env.evaluate(plan)
-            info = StepInfo(
-                plan.name, plan.index, state.global_step, state.stage_step, loss, val_rows
-            )
-            for callback in env.callbacks:
-                callback(info)
-    finally:
-        bar.close()
-    if plan.steps == 0:  # an empty stage still leaves a checkpoint at its boundary
-        state.stage_done = True
-        env.checkpoint(None, None, state)
-    return state
+
+
+@dataclass
+class _StepSums:
+    """Sums over one optimizer step's micro-batches, in this process."""
+
+    loss: float = 0.0
+    losses: dict[str, float] = field(default_factory=dict)  # each loss term
+    rows: int = 0
+    target_tokens: int = 0
+    input_tokens: int = 0
+
+
+def _accumulate(
+    env: LoopEnv, plan: StagePlan, state: RunState, batches, last_checkpoint: Path | None
+) -> _StepSums:
+    """Forward and backward over ``train.grad_accum`` micro-batches (gradients add up)."""
+    cfg, dist = env.cfg.train, env.dist
+    sums = _StepSums()
+    for _ in range(cfg.grad_accum):
+        ctx = plan.contexts[mix_choice(plan.weights, env.cfg.seed, state.micro_batches)]
+        batch = batch_to(next(batches), dist.device)
+        out = _loss_step(env, batch, ctx)
+        loss_value = float(out.loss.detach())
+        if dist.any(not math.isfinite(loss_value)):
+            what = f"non-finite loss ({loss_value})"
+            raise _fail(env, plan, state.global_step + 1, what, last_checkpoint)
+        (out.loss / cfg.grad_accum).backward()
+        state.micro_batches += 1
+        sums.loss += loss_value
+        for key, value in out.losses.items():
+            sums.losses[key] = sums.losses.get(key, 0.0) + float(value.detach())
+        sums.rows += len(batch["ids"])
+        sums.target_tokens += int((batch["labels"] != IGNORE_INDEX).sum())
+        sums.input_tokens += int(batch["attention_mask"].sum())
+    return sums
+
+
+def _apply_gradients(
+    env: LoopEnv,
+    plan: StagePlan,
+    state: RunState,
+    params: list[torch.nn.Parameter],
+    stepping: tuple[torch.optim.Optimizer, Any],
+    last_checkpoint: Path | None,
+) -> tuple[float, float]:
+    """Average gradients across processes, clip them, then step the optimizer and schedule;
+    returns the step's learning rate and gradient norm."""
+    cfg = env.cfg.train
+    env.dist.average_gradients(params)
+    limit = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, limit))
+    if not math.isfinite(grad_norm):
+        what = f"non-finite gradient norm ({grad_norm})"
+        raise _fail(env, plan, state.global_step + 1, what, last_checkpoint)
+    optimizer, scheduler = stepping
+    lr = optimizer.param_groups[0]["lr"]
+    optimizer.step()
+    scheduler.step()
+    return lr, grad_norm
+
+
+def _record_step(
+    env: LoopEnv,
+    plan: StagePlan,
+    state: RunState,
+    sums: _StepSums,
+    lr: float,
+    grad_norm: float,
+    t0: float,
+) -> tuple[float, int, float]:
+    """Count the step in ``state`` and log it; ``(mean loss, rows over all processes,
+    seconds since t0)``."""
+    grad_accum, dist = env.cfg.train.grad_accum, env.dist
+    rows, target_tokens, input_tokens = dist.sum_ints(
+        [sums.rows, sums.target_tokens, sums.input_tokens]
+    )
+    state.stage_step += 1
+    state.global_step += 1
+    state.samples += rows
+    state.target_tokens += target_tokens
+    state.input_tokens += input_tokens
+    seconds = time.perf_counter() - t0
+    loss = sums.loss / grad_accum
+    env.log(
+        {
+            "stage": plan.name,
+            "stage_index": plan.index,
+            "step": state.global_step,
+            "stage_step": state.stage_step,
+            "loss": loss,
+            "losses": {k: v / grad_accum for k, v in sums.losses.items()},
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "gate": env.model.gate_value(),
+            "samples": rows,
+            "target_tokens": target_tokens,
+            "tokens_seen": state.target_tokens,
+            "input_tokens_seen": state.input_tokens,
+            "samples_per_s": rows / seconds if seconds > 0 else None,
+        }
+    )
+    return loss, rows, seconds
+
+
+def _after_step(env: LoopEnv, plan: StagePlan, state: RunState, loss: float) -> None:
+    """Intermediate val predictions when due, then every callback."""
+    every = env.cfg.train.eval_every
+    val_rows = None
+    if env.evaluate is not None and every > 0 and state.global_step % every == 0:
+        val_rows = env.evaluate(plan)
+    info = StepInfo(plan.name, plan.index, state.global_step, state.stage_step, loss, val_rows)
+    for callback in env.callbacks:
+        callback(info)

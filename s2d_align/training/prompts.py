@@ -1,4 +1,4 @@
-"""Prompt text and token layout: ``<visual> instruction [reference] [key phrases] answer target``.
+"""Prompt text and token layout: ``<visual> instruction [signal parts] answer target``.
 
 The visual tokens are prepended by the model; everything here is the text that follows them.
 Templates come from :class:`~s2d_align.config.schema.PromptConfig`, never from code. The prompt
@@ -71,29 +71,15 @@ class PromptBuilder:
         self.prompt = prompt
         self.budget = TokenBudget.from_max_length(max_length)
 
-    def prompt_text(self, reference: str | None, keyphrases: Sequence[str] | None) -> str:
-        """The prompt as text: parts joined by single spaces; empty parts are left out.
+    def prompt_text(self, parts: Sequence[str]) -> str:
+        """The prompt as text: instruction, the signals' ``parts`` (rendered in prompt order by
+        :func:`s2d_align.training.signals.render_parts`), answer prefix, joined by single spaces;
+        empty parts are left out."""
+        texts = [self.prompt.instruction.strip(), *parts, self.prompt.answer_prefix.strip()]
+        return " ".join(p for p in texts if p)
 
-        ``keyphrases`` None leaves the key-phrase part out (the context has none, or they were
-        dropped); an empty list is a study with no key phrase, rendered with
-        ``prompt.no_keyphrases`` ("Key phrases: none") unless that template is empty.
-        """
-        parts = [self.prompt.instruction.strip()]
-        if reference:
-            ref = truncate_text(self.tokenizer, reference.strip(), self.budget.reference)
-            parts.append(self.prompt.reference.format(text=ref))
-        if keyphrases:
-            kp = truncate_text(
-                self.tokenizer, KEYPHRASE_SEPARATOR.join(keyphrases), self.budget.keyphrases
-            )
-            parts.append(self.prompt.keyphrases.format(text=kp))
-        elif keyphrases is not None and self.prompt.no_keyphrases.strip():
-            parts.append(self.prompt.keyphrases.format(text=self.prompt.no_keyphrases.strip()))
-        parts.append(self.prompt.answer_prefix.strip())
-        return " ".join(p for p in parts if p)
-
-    def prompt_ids(self, reference: str | None, keyphrases: Sequence[str] | None) -> list[int]:
-        ids = _ids(self.tokenizer, self.prompt_text(reference, keyphrases))
+    def prompt_ids(self, parts: Sequence[str]) -> list[int]:
+        ids = _ids(self.tokenizer, self.prompt_text(parts))
         # The budget makes this rare (a very long instruction); keep the end, which holds the
         # answer prefix the model continues from.
         limit = self.budget.max_length - self.budget.min_target

@@ -11,21 +11,21 @@ embedded exactly as the index was.
 from __future__ import annotations
 
 import contextlib
-import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from s2d_align.config.schema import RetrievalConfig
 from s2d_align.errors import DataError
 from s2d_align.training.collate import pixel_batch
 from s2d_align.training.data import StudyDataset
+from s2d_align.training.prompts import REFERENCE_SEPARATOR
 from s2d_align.utils.io import read_json, write_json
+from s2d_align.utils.progress import progress_bar
 
 RETRIEVAL_DIR = "retrieval"
 _CHUNK = 512  # queries scored at once (bounds the [chunk, N] similarity matrix)
@@ -140,7 +140,7 @@ def embed_dataset(
         generator=torch.Generator(),
     )
     chunks = []
-    bar = tqdm(loader, desc=desc, unit="batch", disable=not (progress and sys.stderr.isatty()))
+    bar = progress_bar(loader, wanted=progress, desc=desc, unit="batch")
     try:
         for pixels, view_mask in bar:
             with autocast():
@@ -211,6 +211,55 @@ def load_neighbours(folder: Path) -> dict[str, dict[str, list[str]]]:
     if not isinstance(data, dict):
         raise DataError(f"{folder / 'neighbours.json'}: expected {{split: {{id: [ids]}}}}")
     return data
+
+
+class ReferenceTexts(Mapping[str, str]):
+    """``{study id: its retrieved train reports, joined}``: the values of the "reference" signal.
+
+    ``neighbours`` maps study ids to train ids (best first), ``reports`` train ids to reports.
+    """
+
+    def __init__(self, neighbours: Mapping[str, list[str]], reports: Mapping[str, str]) -> None:
+        self.neighbours, self.reports = dict(neighbours), dict(reports)
+
+    def ids(self, sid: str) -> list[str]:
+        """The train ids retrieved for ``sid``, best first."""
+        if sid not in self.neighbours:
+            raise KeyError(f"no retrieved reference for study {sid!r} (retrieval index not built?)")
+        return self.neighbours[sid]
+
+    def __getitem__(self, sid: str) -> str:
+        return REFERENCE_SEPARATOR.join(self.reports[r].strip() for r in self.ids(sid))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.neighbours)
+
+    def __len__(self) -> int:
+        return len(self.neighbours)
+
+
+def reference_texts(
+    index: RetrievalIndex, neighbours: Mapping[str, Mapping[str, list[str]]]
+) -> ReferenceTexts:
+    """The references of every split in ``neighbours`` (``{split: {id: [train ids]}}``)."""
+    flat = {sid: hits for split in neighbours.values() for sid, hits in split.items()}
+    return ReferenceTexts(flat, dict(zip(index.ids, index.reports, strict=True)))
+
+
+def load_references(folder: Path, split: str | None = None) -> ReferenceTexts:
+    """The references a run retrieved, read from its retrieval ``folder``: of ``split``, or of
+    every split (None)."""
+    meta_path = folder / "index.json"
+    if not meta_path.is_file():
+        raise DataError(f"{folder}: no retrieval index (index.json)")
+    meta = read_json(meta_path)
+    neighbours = load_neighbours(folder)
+    if split is not None:
+        if split not in neighbours:
+            raise DataError(f"{folder}: no retrieved references for split {split!r}")
+        neighbours = {split: neighbours[split]}
+    flat = {sid: hits for hits_of in neighbours.values() for sid, hits in hits_of.items()}
+    return ReferenceTexts(flat, dict(zip(meta["ids"], meta["reports"], strict=True)))
 
 
 class _InitialEncoder(torch.nn.Module):

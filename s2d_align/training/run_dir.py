@@ -1,4 +1,4 @@
-"""The run folder: its file names, result record, config and tokenizer.
+"""The run folder: its file names and the config it was trained with.
 
 A run folder is self-contained: ``config.yaml`` (resolved), ``tokenizer/``, ``adapter/`` (the
 trained weights; for tiny presets they include the LLM), ``retrieval/`` (index, neighbours and the
@@ -9,66 +9,19 @@ encoder state that built it, when references are used), ``keyphrase_vocab.json``
 
 from __future__ import annotations
 
-import os
-import resource
-import sys
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import yaml
 
 from s2d_align.config import Config, config_hash, to_dict
 from s2d_align.config.loader import from_dict, read_yaml
-from s2d_align.data.r2gen import Annotation
 from s2d_align.errors import ConfigError, DataError, S2DError
-from s2d_align.training.distributed import Dist
 
 RESULT_FILE = "train_result.json"
 CONFIG_FILE = "config.yaml"
 TOKENIZER_DIR = "tokenizer"
 ADAPTER_DIR = "adapter"
 ENCODER_FILE = "encoder.safetensors"
-
-
-def default_cache_root() -> Path:
-    """Shared cache for SynthCXR data, tokenizers and pre-trained tiny LMs: ``$S2D_CACHE`` or
-    ``~/.cache/s2d-align``."""
-    env = os.environ.get("S2D_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "s2d-align"
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (Linux reports KiB, macOS bytes)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
-
-
-@dataclass
-class TrainResult:
-    """What a finished training run reports (also ``run_dir/train_result.json``)."""
-
-    run_dir: str
-    config_hash: str
-    total_steps: int
-    tokens_seen: int  # target tokens (the LM loss's tokens) over all processes
-    input_tokens_seen: int  # prompt + target tokens fed, without padding
-    samples_seen: int
-    wall_time_s: float  # this call, including data, tokenizer and pre-training
-    train_time_s: float  # optimizer steps only
-    samples_per_s: float
-    peak_rss_mb: float
-    processes: int
-    stages: list[dict[str, Any]] = field(default_factory=list)
-    final_loss: float | None = None
-    resumed_from_step: int | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainResult:
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
 
 def load_run_config(run_dir: Path) -> Config:
@@ -117,71 +70,3 @@ def check_run_folder(run_dir: Path) -> None:
             f"{run_dir}: folder is not empty and holds no training run (no {CONFIG_FILE} "
             "written by train); choose another --run"
         )
-
-
-def train_reports(annotation: Annotation) -> list[str]:
-    """One report per train study (per-image MIMIC rows repeat their study's report)."""
-    seen, out = set(), []
-    for study in annotation.split("train"):
-        key = study.study_id or study.id
-        if key not in seen:
-            seen.add(key)
-            out.append(study.report)
-    return out
-
-
-def prepare_tokenizer(
-    cfg: Config, annotation: Annotation, run_dir: Path, cache_root: Path, dist: Dist
-):
-    """The run's tokenizer, saved in ``run_dir/tokenizer`` (tiny: trained on train reports and
-    cached by content; pretrained: the LLM's own)."""
-    from s2d_align.data.tokenizer import load_tokenizer
-
-    saved = run_dir / TOKENIZER_DIR
-    if cfg.model.llm.source == "tiny" and (saved / "tokenizer.json").is_file():
-        return load_tokenizer(saved)
-    tokenizer = shared_tokenizer(cfg, annotation, cache_root, dist)
-    if dist.is_main:
-        tokenizer.save_pretrained(str(saved))
-    return tokenizer
-
-
-def shared_tokenizer(cfg: Config, annotation: Annotation, cache_root: Path, dist: Dist):
-    """The tokenizer every run of this data and LLM config shares, built once into
-    ``cache_root`` (tiny: BPE trained on the train reports and prompts, keyed by content;
-    pretrained: the LLM's own, with a cached copy for GGUF files)."""
-    from s2d_align.data.tokenizer import (
-        corpus_hash,
-        load_tokenizer,
-        prompt_texts,
-        train_report_tokenizer,
-    )
-
-    if cfg.model.llm.source != "tiny":
-        from s2d_align.models import load_llm_tokenizer
-
-        return load_llm_tokenizer(cfg.model.llm, cache_dir=cache_root)
-    key = corpus_hash(
-        [*train_reports(annotation), *prompt_texts(cfg.prompt)], cfg.model.llm.vocab_size
-    )
-    cached = cache_root / "tokenizers" / key[:24]
-    with dist.main_first():
-        if not (cached / "tokenizer.json").is_file():
-            tmp = cached.with_name(f".tmp-{cached.name}-{os.getpid()}")
-            train_report_tokenizer(annotation, cfg.model.llm.vocab_size, tmp, prompt=cfg.prompt)
-            try:
-                tmp.rename(cached)
-            except OSError:
-                if not cached.is_dir():
-                    raise
-    return load_tokenizer(cached)
-
-
-def load_run_tokenizer(run_dir: Path, cfg: Config):
-    if cfg.model.llm.source == "tiny":
-        from s2d_align.data.tokenizer import load_tokenizer
-
-        return load_tokenizer(run_dir / TOKENIZER_DIR)
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(run_dir / TOKENIZER_DIR), local_files_only=True)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 import random
 import re
-import sys
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,21 +54,36 @@ def seeded_split(
     return out
 
 
+@dataclass(frozen=True)
+class ImportSummary:
+    """What one import did, in the same shape for every importer.
+
+    ``record`` is exactly what ``import_summary.json`` holds, importer-specific keys included;
+    the other fields are the figures every importer reports.
+    """
+
+    record: dict[str, Any]
+    counts: dict[str, int]  # entries written per split
+    dropped_no_findings: int  # studies dropped for having no FINDINGS section
+    skipped_bad: int  # bad inputs skipped under skip_bad
+    image_root: str | None  # folder the image paths are relative to, when known
+    notes: tuple[str, ...] = ()  # importer-specific one-line remarks for the user
+
+
 def write_outputs(
-    out_dir: Path, annotation: dict[str, list[dict]], summary: dict[str, Any]
-) -> Path:
-    """Write ``annotation.json`` and ``import_summary.json`` (with the annotation's sha256)."""
+    out_dir: Path, annotation: dict[str, list[dict]], record: dict[str, Any]
+) -> dict[str, Any]:
+    """Write ``annotation.json`` and ``import_summary.json``; returns the record as written.
+
+    The written record is ``record`` plus the suite version and the annotation's sha256.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     ann_path = write_json(out_dir / ANNOTATION_FILE, {s: annotation.get(s, []) for s in SPLITS})
-    summary = {
-        **summary,
+    record = {
+        **record,
         "suite_version": __version__,
         "annotation_file": ANNOTATION_FILE,
         "annotation_sha256": sha256_file(ann_path),
     }
-    write_json(out_dir / SUMMARY_FILE, summary)
-    return ann_path
-
-
-def progress_enabled(progress: bool) -> bool:
-    return progress and sys.stderr.isatty()
+    write_json(out_dir / SUMMARY_FILE, record)
+    return record

@@ -32,17 +32,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from s2d_align.data.importers.common import (
+    ImportSummary,
     natural_key,
     normalize_whitespace,
-    progress_enabled,
     seeded_split,
     write_outputs,
 )
 from s2d_align.data.r2gen import SPLITS
 from s2d_align.errors import DataError
+from s2d_align.utils.progress import progress_bar
 
 DEID_TOKEN = "XXXX"
 _DEID_RUN = re.compile(r"X{4,}(?:\s+X{4,})*")
@@ -134,6 +133,16 @@ def iter_report_files(reports: Path) -> Iterator[tuple[str, bytes]]:
     yield from sorted(files, key=lambda item: natural_key(item[0]))
 
 
+@dataclass
+class _Selection:
+    """The parsed studies an import keeps, and the ones it drops with the reason."""
+
+    kept: list[IUReport]
+    no_findings: list[str]
+    no_images: list[str]
+    missing_images: list[dict[str, str]]
+
+
 def import_iu(
     reports: str | Path,
     out_dir: str | Path,
@@ -142,22 +151,55 @@ def import_iu(
     seed: int = 0,
     skip_bad: bool = False,
     progress: bool = False,
-) -> dict[str, Any]:
+) -> ImportSummary:
     """Convert Open-i reports into ``out_dir/annotation.json``; returns the import summary."""
     reports, out_dir = Path(reports), Path(out_dir)
     image_dir = Path(images) if images is not None else None
     if image_dir is not None and not image_dir.is_dir():
         raise DataError(f"--images is not a folder: {image_dir}")
+    parsed, bad, n_files = _read_reports(reports, skip_bad=skip_bad, progress=progress)
+    selection = _select_studies(parsed, image_dir, skip_bad=skip_bad)
+    if not selection.kept:
+        raise DataError(f"{reports}: no study with findings and images to import")
+    annotation = _build_annotation(selection.kept, seed)
+    record = _summary_record(
+        reports,
+        image_dir,
+        seed,
+        n_files=n_files,
+        n_parsed=len(parsed),
+        selection=selection,
+        annotation=annotation,
+        bad=bad,
+    )
+    written = write_outputs(out_dir, annotation, record)
+    few = len(record["fewer_than_2_images"])
+    return ImportSummary(
+        record=written,
+        counts=record["counts"],
+        dropped_no_findings=len(selection.no_findings),
+        skipped_bad=len(bad),
+        image_root=record["image_root"],
+        notes=(
+            f"{few} studies have fewer than 2 images (kept); "
+            f"views per study: {record['views_per_study']}",
+        ),
+    )
 
+
+def _read_reports(
+    reports: Path, *, skip_bad: bool, progress: bool
+) -> tuple[list[IUReport], list[dict[str, str]], int]:
+    """Parse every report file: (reports in file order, bad files skipped, files read)."""
     parsed: list[IUReport] = []
     bad: list[dict[str, str]] = []
     first_file: dict[str, str] = {}
     n_files = 0
-    files = tqdm(
+    files = progress_bar(
         iter_report_files(reports),
         desc="reading XML",
         unit="file",
-        disable=not progress_enabled(progress),
+        wanted=progress,
     )
     for source, data in files:
         n_files += 1
@@ -176,11 +218,16 @@ def import_iu(
         parsed.append(report)
     if n_files == 0:
         raise DataError(f"{reports}: no .xml report files found")
+    return parsed, bad, n_files
 
+
+def _select_studies(
+    parsed: list[IUReport], image_dir: Path | None, *, skip_bad: bool
+) -> _Selection:
+    """Keep the studies with findings and images (present on disk, when ``image_dir`` is given)."""
     no_findings = [r.uid for r in parsed if not r.findings]
     no_images = [r.uid for r in parsed if r.findings and not r.images]
     kept = [r for r in parsed if r.findings and r.images]
-
     missing_images: list[dict[str, str]] = []
     if image_dir is not None:
         checked: list[IUReport] = []
@@ -195,9 +242,11 @@ def import_iu(
             else:
                 checked.append(r)
         kept = checked
-    if not kept:
-        raise DataError(f"{reports}: no study with findings and images to import")
+    return _Selection(kept, no_findings, no_images, missing_images)
 
+
+def _build_annotation(kept: list[IUReport], seed: int) -> dict[str, list[dict[str, Any]]]:
+    """R2Gen entries per split, each split in natural id order."""
     assignment = seeded_split([r.uid for r in kept], seed, SPLIT_RATIOS)
     annotation: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
     for r in sorted(kept, key=lambda r: natural_key(r.uid)):
@@ -213,11 +262,26 @@ def import_iu(
                 "source_file": r.source.rsplit("/", 1)[-1],
             }
         )
+    return annotation
 
+
+def _summary_record(
+    reports: Path,
+    image_dir: Path | None,
+    seed: int,
+    *,
+    n_files: int,
+    n_parsed: int,
+    selection: _Selection,
+    annotation: dict[str, list[dict[str, Any]]],
+    bad: list[dict[str, str]],
+) -> dict[str, Any]:
+    """The ``import_summary.json`` record: every choice made and every study dropped."""
+    kept = selection.kept
     views: dict[str, int] = {}
     for r in kept:
         views[str(len(r.images))] = views.get(str(len(r.images)), 0) + 1
-    summary = {
+    return {
         "importer": "iu_xray",
         "importer_version": 1,
         "source": str(reports),
@@ -228,12 +292,15 @@ def import_iu(
         "seed": seed,
         "split_ratios": list(SPLIT_RATIOS),
         "xml_files": n_files,
-        "studies_parsed": len(parsed),
+        "studies_parsed": n_parsed,
         "studies_kept": len(kept),
         "counts": {s: len(annotation[s]) for s in SPLITS},
-        "dropped_no_findings": {"count": len(no_findings), "ids": no_findings},
-        "dropped_no_images": {"count": len(no_images), "ids": no_images},
-        "dropped_missing_images": {"count": len(missing_images), "entries": missing_images},
+        "dropped_no_findings": {"count": len(selection.no_findings), "ids": selection.no_findings},
+        "dropped_no_images": {"count": len(selection.no_images), "ids": selection.no_images},
+        "dropped_missing_images": {
+            "count": len(selection.missing_images),
+            "entries": selection.missing_images,
+        },
         "skipped_bad": {"count": len(bad), "entries": bad},
         "views_per_study": dict(sorted(views.items(), key=lambda kv: int(kv[0]))),
         "fewer_than_2_images": [r.uid for r in kept if len(r.images) < 2],
@@ -245,5 +312,3 @@ def import_iu(
         },
         "subject_ids": "not available in Open-i; entries carry none",
     }
-    write_outputs(out_dir, annotation, summary)
-    return summary

@@ -23,11 +23,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
-from s2d_align.data.importers.common import normalize_whitespace, progress_enabled, write_outputs
+from s2d_align.data.importers.common import ImportSummary, normalize_whitespace, write_outputs
 from s2d_align.data.r2gen import SPLITS
 from s2d_align.errors import DataError
+from s2d_align.utils.progress import progress_bar
 
 SPLIT_CSV_NAMES = ("mimic-cxr-2.0.0-split.csv", "mimic-cxr-2.0.0-split.csv.gz")
 SPLIT_NAMES = {"train": "train", "validate": "val", "val": "val", "test": "test"}
@@ -144,7 +143,7 @@ def import_mimic(
     skip_bad: bool = False,
     check_images: bool = True,
     progress: bool = False,
-) -> dict[str, Any]:
+) -> ImportSummary:
     """Convert MIMIC-CXR-JPG into ``out_dir/annotation.json``; returns the import summary.
 
     ``check_images`` checks that each JPEG exists (a stat, not a decode; ``data check`` decodes).
@@ -157,58 +156,62 @@ def import_mimic(
         raise DataError(f"--report-texts is not a folder: {reports_root}")
     csv_path = _find_split_csv(root)
     rows = _read_split_csv(csv_path)
-    problems = _RowProblems(csv_path, skip_bad)
+    collector = _RowCollector(root, reports_root, _RowProblems(csv_path, skip_bad), check_images)
+    for line, row in progress_bar(rows, wanted=progress, desc="importing rows", unit="row"):
+        collector.add(line, row)
+    annotation = collector.annotation
+    if not any(annotation.values()):
+        raise DataError(f"{csv_path}: no row with a findings section and an image to import")
+    record = _summary_record(collector, csv_path, n_rows=len(rows))
+    written = write_outputs(out_dir, annotation, record)
+    return ImportSummary(
+        record=written,
+        counts=record["counts"],
+        dropped_no_findings=len(collector.no_findings_studies),
+        skipped_bad=len(collector.problems.entries),
+        image_root=record["image_root"],
+        notes=(
+            "studies per split: " + ", ".join(f"{s} {n}" for s, n in record["studies"].items()),
+        ),
+    )
 
-    findings_of: dict[str, tuple[str, str] | str] = {}  # study -> (findings, impression) | error
-    annotation: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
-    seen: dict[str, int] = {}
-    study_split: dict[str, str] = {}
-    no_findings_studies: set[str] = set()
-    no_findings_rows = 0
-    for line, row in tqdm(
-        rows, desc="importing rows", unit="row", disable=not progress_enabled(progress)
-    ):
-        dicom = (row.get("dicom_id") or "").strip()
-        study = (row.get("study_id") or "").strip()
-        subject = (row.get("subject_id") or "").strip()
-        split_raw = (row.get("split") or "").strip()
-        empty = [
-            c
-            for c, v in zip(REQUIRED_COLUMNS, (dicom, study, subject, split_raw), strict=True)
-            if not v
-        ]
-        if empty:
-            problems.report(line, dicom or None, f"empty field(s) {', '.join(empty)}")
-            continue
-        if split_raw not in SPLIT_NAMES:
-            problems.report(
-                line, dicom, f"unknown split {split_raw!r} (expected train, validate or test)"
-            )
-            continue
-        split = SPLIT_NAMES[split_raw]
-        if dicom in seen:
-            problems.report(line, dicom, f"duplicate dicom_id (first on line {seen[dicom]})")
-            continue
-        seen[dicom] = line
-        if study_split.setdefault(study, split) != split:
-            problems.report(line, dicom, f"study {study} is also in split {study_split[study]!r}")
-            continue
 
-        if study not in findings_of:
-            findings_of[study] = _read_sections(report_path(reports_root, subject, study))
-        sections = findings_of[study]
+class _RowCollector:
+    """Turns split-CSV rows into annotation entries, reporting each bad row once."""
+
+    def __init__(
+        self, root: Path, reports_root: Path, problems: _RowProblems, check_images: bool
+    ) -> None:
+        self.root, self.reports_root = root, reports_root
+        self.problems, self.check_images = problems, check_images
+        self.annotation: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
+        self.findings_of: dict[str, tuple[str, str] | str] = {}  # study -> sections | error
+        self.seen: dict[str, int] = {}  # dicom_id -> first CSV line
+        self.study_split: dict[str, str] = {}
+        self.no_findings_studies: set[str] = set()
+        self.no_findings_rows = 0
+
+    def add(self, line: int, row: dict[str, str]) -> None:
+        """Add the row's image as an entry, or drop it (no findings) or report it (bad)."""
+        fields = self._checked_fields(line, row)
+        if fields is None:
+            return
+        dicom, study, subject, split = fields
+        if study not in self.findings_of:
+            self.findings_of[study] = _read_sections(report_path(self.reports_root, subject, study))
+        sections = self.findings_of[study]
         if isinstance(sections, str):
-            problems.report(line, dicom, sections)
-            continue
+            self.problems.report(line, dicom, sections)
+            return
         findings, impression = sections
         if not findings:
-            no_findings_studies.add(study)
-            no_findings_rows += 1
-            continue
+            self.no_findings_studies.add(study)
+            self.no_findings_rows += 1
+            return
         rel = image_relpath(subject, study, dicom)
-        if check_images and not (root / rel).is_file():
-            problems.report(line, dicom, f"image not found: {root / rel}")
-            continue
+        if self.check_images and not (self.root / rel).is_file():
+            self.problems.report(line, dicom, f"image not found: {self.root / rel}")
+            return
         entry: dict[str, Any] = {
             "id": dicom,
             "study_id": study,
@@ -219,33 +222,66 @@ def import_mimic(
         }
         if impression:
             entry["impression"] = impression
-        annotation[split].append(entry)
+        self.annotation[split].append(entry)
 
-    if not any(annotation.values()):
-        raise DataError(f"{csv_path}: no row with a findings section and an image to import")
-    summary = {
+    def _checked_fields(self, line: int, row: dict[str, str]) -> tuple[str, str, str, str] | None:
+        """(dicom, study, subject, split) of a well-formed row; None once a problem is reported."""
+        dicom = (row.get("dicom_id") or "").strip()
+        study = (row.get("study_id") or "").strip()
+        subject = (row.get("subject_id") or "").strip()
+        split_raw = (row.get("split") or "").strip()
+        empty = [
+            c
+            for c, v in zip(REQUIRED_COLUMNS, (dicom, study, subject, split_raw), strict=True)
+            if not v
+        ]
+        if empty:
+            self.problems.report(line, dicom or None, f"empty field(s) {', '.join(empty)}")
+            return None
+        if split_raw not in SPLIT_NAMES:
+            self.problems.report(
+                line, dicom, f"unknown split {split_raw!r} (expected train, validate or test)"
+            )
+            return None
+        split = SPLIT_NAMES[split_raw]
+        if dicom in self.seen:
+            self.problems.report(
+                line, dicom, f"duplicate dicom_id (first on line {self.seen[dicom]})"
+            )
+            return None
+        self.seen[dicom] = line
+        if self.study_split.setdefault(study, split) != split:
+            self.problems.report(
+                line, dicom, f"study {study} is also in split {self.study_split[study]!r}"
+            )
+            return None
+        return dicom, study, subject, split
+
+
+def _summary_record(collector: _RowCollector, csv_path: Path, *, n_rows: int) -> dict[str, Any]:
+    """The ``import_summary.json`` record: sources, counts and every row dropped or skipped."""
+    annotation, problems = collector.annotation, collector.problems
+    return {
         "importer": "mimic_cxr",
         "importer_version": 1,
-        "source": str(root),
-        "reports": str(reports_root),
+        "source": str(collector.root),
+        "reports": str(collector.reports_root),
         "split_csv": str(csv_path),
         "section": "findings",
-        "image_root": str(root),
-        "images_checked": check_images,
-        "csv_rows": len(rows),
+        "image_root": str(collector.root),
+        "images_checked": collector.check_images,
+        "csv_rows": n_rows,
         "counts": {s: len(annotation[s]) for s in SPLITS},
         "studies": {s: len({e["study_id"] for e in annotation[s]}) for s in SPLITS},
         "subjects": {s: len({e["subject_id"] for e in annotation[s]}) for s in SPLITS},
         "dropped_no_findings": {
-            "studies": len(no_findings_studies),
-            "rows": no_findings_rows,
-            "study_ids": sorted(no_findings_studies),
+            "studies": len(collector.no_findings_studies),
+            "rows": collector.no_findings_rows,
+            "study_ids": sorted(collector.no_findings_studies),
         },
         "skipped_bad": {"count": len(problems.entries), "entries": problems.entries},
         "split_names": {"validate": "val"},
     }
-    write_outputs(out_dir, annotation, summary)
-    return summary
 
 
 def _read_sections(path: Path) -> tuple[str, str] | str:

@@ -52,8 +52,6 @@ def plot_examples(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
-    from PIL import Image
 
     synth_dir = Path(synth_dir)
     annotation = read_json(synth_dir / "annotation.json")
@@ -81,41 +79,7 @@ def plot_examples(
     )
     for k, entry in enumerate(examples):
         r, c = divmod(k, cols)
-        views = []
-        for rel in entry["image_path"]:
-            with Image.open(synth_dir / rel) as img:
-                views.append(np.asarray(img.convert("L")))
-        ax = fig.add_subplot(grid[2 * r, c])
-        ax.imshow(np.concatenate(views, axis=1), cmap="gray", vmin=0, vmax=255)
-        ax.set_axis_off()
-        ax.set_title(f"{entry['id']} (patient {entry['subject_id']})", fontsize=9)
-        labels = truth[entry["id"]]["labels"]
-        positive = [k2 for k2, v in labels.items() if v == 1]
-        uncertain = [f"{k2}?" for k2, v in labels.items() if v == -1]
-        label_text = textwrap.fill("Labels: " + ", ".join(positive + uncertain), 46)
-        report_text = "\n".join(textwrap.wrap(entry["report"], 60))
-        tax = fig.add_subplot(grid[2 * r + 1, c])
-        tax.set_axis_off()
-        tax.text(
-            0.0,
-            1.0,
-            label_text,
-            va="top",
-            ha="left",
-            fontsize=8,
-            color="#8b0000",
-            weight="bold",
-            transform=tax.transAxes,
-        )
-        tax.text(
-            0.0,
-            0.98 - 0.075 * (label_text.count("\n") + 1),
-            report_text,
-            va="top",
-            ha="left",
-            fontsize=7.5,
-            transform=tax.transAxes,
-        )
+        _draw_example(fig, grid[2 * r, c], grid[2 * r + 1, c], entry, truth, synth_dir)
     fig.suptitle(
         "SynthCXR examples: images, generated reports and CheXpert labels (? = uncertain)",
         fontsize=12,
@@ -126,3 +90,45 @@ def plot_examples(
     fig.savefig(out_png, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return out_png
+
+
+def _draw_example(fig, image_cell, text_cell, entry: dict, truth: dict, synth_dir: Path) -> None:
+    """One study: its views side by side, then its labels (red) and wrapped report."""
+    import numpy as np
+    from PIL import Image
+
+    views = []
+    for rel in entry["image_path"]:
+        with Image.open(synth_dir / rel) as img:
+            views.append(np.asarray(img.convert("L")))
+    ax = fig.add_subplot(image_cell)
+    ax.imshow(np.concatenate(views, axis=1), cmap="gray", vmin=0, vmax=255)
+    ax.set_axis_off()
+    ax.set_title(f"{entry['id']} (patient {entry['subject_id']})", fontsize=9)
+    labels = truth[entry["id"]]["labels"]
+    positive = [k for k, v in labels.items() if v == 1]
+    uncertain = [f"{k}?" for k, v in labels.items() if v == -1]
+    label_text = textwrap.fill("Labels: " + ", ".join(positive + uncertain), 46)
+    report_text = "\n".join(textwrap.wrap(entry["report"], 60))
+    tax = fig.add_subplot(text_cell)
+    tax.set_axis_off()
+    tax.text(
+        0.0,
+        1.0,
+        label_text,
+        va="top",
+        ha="left",
+        fontsize=8,
+        color="#8b0000",
+        weight="bold",
+        transform=tax.transAxes,
+    )
+    tax.text(
+        0.0,
+        0.98 - 0.075 * (label_text.count("\n") + 1),
+        report_text,
+        va="top",
+        ha="left",
+        fontsize=7.5,
+        transform=tax.transAxes,
+    )

@@ -229,7 +229,19 @@ _ACUTE_P = {
 def _visit_findings(
     rng: np.random.Generator, pt: _Patient, prior: dict[str, Finding]
 ) -> list[Finding]:
-    """Findings of one study: chronic ones always, acute ones by risk and persistence."""
+    """Findings of one study: chronic ones always, acute ones by risk and persistence.
+
+    Devices, then chronic, then acute findings: ``rng`` is drawn from in that order.
+    """
+    return [
+        *_device_findings(rng, pt),
+        *_chronic_findings(rng, pt),
+        *_acute_findings(rng, pt, prior),
+    ]
+
+
+def _device_findings(rng: np.random.Generator, pt: _Patient) -> list[Finding]:
+    """The patient's pacemaker, and the tube and line an ICU patient has on most films."""
     out: list[Finding] = []
     if pt.pacemaker:
         out.append(
@@ -254,6 +266,12 @@ def _visit_findings(
                 params={"device": "central_line"},
             )
         )
+    return out
+
+
+def _chronic_findings(rng: np.random.Generator, pt: _Patient) -> list[Finding]:
+    """The patient's lasting findings, each hedged afresh on every film."""
+    out: list[Finding] = []
     if pt.cardiomegaly:
         p_unc = 0.25 if pt.cardiomegaly == "mild" else 0.0
         out.append(
@@ -286,6 +304,14 @@ def _visit_findings(
                     params=chronic.params,
                 )
             )
+    return out
+
+
+def _acute_findings(
+    rng: np.random.Generator, pt: _Patient, prior: dict[str, Finding]
+) -> list[Finding]:
+    """Acute findings: one from the prior film may persist, a new one comes by risk."""
+    out: list[Finding] = []
     risk = {
         "pleural_effusion": 0.12 * (pt.cardiomegaly is not None) + 0.12 * pt.icu,
         "edema": 0.12 * (pt.cardiomegaly is not None) + 0.05 * pt.icu,

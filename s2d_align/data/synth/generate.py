@@ -20,7 +20,6 @@ import io
 import json
 import logging
 import shutil
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -41,6 +40,7 @@ from s2d_align.data.synth.grammar import write_report
 from s2d_align.data.synth.render import render_frontal, render_lateral
 from s2d_align.errors import ConfigError, DataError
 from s2d_align.utils.io import atomic_write_bytes, sha256_text, write_json
+from s2d_align.utils.progress import progress_bar
 
 #: Bump whenever the bytes produced for given settings change (invalidates caches).
 GENERATOR_VERSION = "1.0.0"
@@ -160,11 +160,7 @@ def _prepare_dir(out_dir: Path, overwrite: bool) -> None:
 
 
 def _progress(total: int, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(
-        total=total, desc="SynthCXR", unit="study", disable=not (enabled and sys.stderr.isatty())
-    )
+    return progress_bar(total=total, wanted=enabled, desc="SynthCXR", unit="study")
 
 
 def _summary(

@@ -222,6 +222,16 @@ def _with_change(w: Writer, f: Finding, noun_phrase: str, options: list[Option])
     return f"New {noun_phrase}.", mentions
 
 
+_BLOCKS = ("view", "compare", "devices", "heart", "lungs", "neg", "bones", "end")
+# Section orders; each style prefers one, otherwise one is drawn.
+_LAYOUTS = (
+    ("view", "compare", "devices", "lungs", "neg", "heart", "bones", "end"),
+    ("view", "compare", "heart", "lungs", "neg", "devices", "bones", "end"),
+    ("view", "compare", "devices", "heart", "lungs", "neg", "bones", "end"),
+    ("view", "compare", "lungs", "devices", "heart", "neg", "bones", "end"),
+)
+
+
 def write_report(
     findings: tuple[Finding, ...],
     rng: np.random.Generator,
@@ -230,24 +240,14 @@ def write_report(
     portable: bool,
     views: int,
 ) -> Report:
-    """Write one findings section; returns its text, labels and mentions (key phrases)."""
+    """Write one findings section; returns its text, labels and mentions (key phrases).
+
+    The parts below draw from ``rng`` in a fixed order (style, comparison, findings, normal
+    statements, view, comparison wording, closing, layout); changing that order changes SynthCXR.
+    """
     w = Writer(rng, int(rng.integers(N_STYLES)))
     compare = visit > 0 and w.chance(0.6)
-    blocks: dict[str, list[Option]] = {
-        k: [] for k in ("view", "compare", "devices", "heart", "lungs", "neg", "bones", "end")
-    }
-
-    for f in findings:
-        noun_phrase, options = finding_options(f, w, portable)
-        option = _with_change(w, f, noun_phrase, options) if compare else w.pick(options)
-        block = {
-            "support_device": "devices",
-            "cardiomegaly": "heart",
-            "widened_mediastinum": "heart",
-        }
-        blocks[block.get(f.type, "bones" if f.type == "fracture" else "lungs")].append(option)
-    order = rng.permutation(len(blocks["lungs"]))
-    blocks["lungs"] = [blocks["lungs"][i] for i in order]
+    blocks = _finding_blocks(findings, w, compare=compare, portable=portable)
 
     stated = {m.observation for opts in blocks.values() for _, ms in opts for m in ms}
     absent = set(OBSERVATIONS) - stated
@@ -258,6 +258,36 @@ def write_report(
     blocks["heart"] += _heart_sentences(
         w, "Cardiomegaly" in absent, "Enlarged Cardiomediastinum" in absent
     )
+    blocks["neg"] = _lung_negatives(w, absent, lungs_abnormal=lungs_abnormal)
+    if "Fracture" in absent:
+        blocks["bones"] += _bone_negatives(w)
+    blocks["view"] += _view_sentences(w, portable=portable, views=views)
+    blocks["compare"] += _comparison_sentences(w, visit=visit, compare=compare)
+    blocks["end"] += _closing_sentences(w, visit=visit, compare=compare, abnormal=abnormal)
+    return _assemble(blocks, w)
+
+
+def _finding_blocks(
+    findings: tuple[Finding, ...], w: Writer, *, compare: bool, portable: bool
+) -> dict[str, list[Option]]:
+    """One sentence per finding, sorted into blocks; lung sentences in a drawn order."""
+    blocks: dict[str, list[Option]] = {k: [] for k in _BLOCKS}
+    for f in findings:
+        noun_phrase, options = finding_options(f, w, portable)
+        option = _with_change(w, f, noun_phrase, options) if compare else w.pick(options)
+        block = {
+            "support_device": "devices",
+            "cardiomegaly": "heart",
+            "widened_mediastinum": "heart",
+        }
+        blocks[block.get(f.type, "bones" if f.type == "fracture" else "lungs")].append(option)
+    order = w.rng.permutation(len(blocks["lungs"]))
+    blocks["lungs"] = [blocks["lungs"][i] for i in order]
+    return blocks
+
+
+def _lung_negatives(w: Writer, absent: set[str], *, lungs_abnormal: bool) -> list[Option]:
+    """Negated observations, led by "The lungs are (otherwise) clear." when that fits."""
     negatives, said_clear = _negative_sentences(w, absent, lungs_clear=not lungs_abnormal)
     if not said_clear:
         if not lungs_abnormal and w.chance(0.65):
@@ -272,51 +302,63 @@ def write_report(
             negatives.insert(0, (clear, []))
         elif lungs_abnormal and w.chance(0.25):
             negatives.insert(0, ("The lungs are otherwise clear.", []))
-    blocks["neg"] = negatives
-    if "Fracture" in absent:
-        if w.chance(0.15):
-            blocks["bones"].append(
+    return negatives
+
+
+def _bone_negatives(w: Writer) -> list[Option]:
+    """At most one sentence on the bones when no fracture was found."""
+    if w.chance(0.15):
+        return [
+            w.pick(
+                [
+                    ("No displaced rib fracture.", [_neg("Fracture", "no rib fracture")]),
+                    ("No acute rib fracture is seen.", [_neg("Fracture", "no rib fracture")]),
+                ]
+            )
+        ]
+    if w.chance(0.4):
+        return [
+            (
                 w.pick(
                     [
-                        ("No displaced rib fracture.", [_neg("Fracture", "no rib fracture")]),
-                        ("No acute rib fracture is seen.", [_neg("Fracture", "no rib fracture")]),
+                        "No acute osseous abnormality.",
+                        "The osseous structures are intact.",
+                        "Visualized osseous structures are unremarkable.",
                     ]
-                )
+                ),
+                [],
             )
-        elif w.chance(0.4):
-            blocks["bones"].append(
-                (
-                    w.pick(
-                        [
-                            "No acute osseous abnormality.",
-                            "The osseous structures are intact.",
-                            "Visualized osseous structures are unremarkable.",
-                        ]
-                    ),
-                    [],
-                )
-            )
+        ]
+    return []
 
-    if w.chance(0.3):
-        if portable:
-            view = w.pick(
-                [
-                    "Single portable AP view of the chest.",
-                    "Portable semi-upright AP view of the chest.",
-                ]
-            )
-        elif views == 2:
-            view = w.pick(
-                [
-                    "PA and lateral views of the chest.",
-                    "PA and lateral chest radiographs were obtained.",
-                ]
-            )
-        else:
-            view = w.pick(["Frontal view of the chest.", "PA view of the chest."])
-        blocks["view"].append((view, []))
+
+def _view_sentences(w: Writer, *, portable: bool, views: int) -> list[Option]:
+    """Sometimes a sentence naming the projection and view count."""
+    if not w.chance(0.3):
+        return []
+    if portable:
+        view = w.pick(
+            [
+                "Single portable AP view of the chest.",
+                "Portable semi-upright AP view of the chest.",
+            ]
+        )
+    elif views == 2:
+        view = w.pick(
+            [
+                "PA and lateral views of the chest.",
+                "PA and lateral chest radiographs were obtained.",
+            ]
+        )
+    else:
+        view = w.pick(["Frontal view of the chest.", "PA view of the chest."])
+    return [(view, [])]
+
+
+def _comparison_sentences(w: Writer, *, visit: int, compare: bool) -> list[Option]:
+    """Mention of the prior study when comparing; rarely "no prior" on a first visit."""
     if compare:
-        blocks["compare"].append(
+        return [
             (
                 w.pick(
                     [
@@ -327,24 +369,27 @@ def write_report(
                 ),
                 [],
             )
-        )
-    elif visit == 0 and w.chance(0.04):
-        blocks["compare"].append(("No prior studies are available for comparison.", []))
-    if visit > 0 and compare and not abnormal and w.chance(0.4):
-        blocks["end"].append(("No significant interval change.", []))
-    elif not abnormal and w.chance(0.15):
-        blocks["end"].append(("No acute cardiopulmonary process.", []))
+        ]
+    if visit == 0 and w.chance(0.04):
+        return [("No prior studies are available for comparison.", [])]
+    return []
 
-    layouts = (
-        ("view", "compare", "devices", "lungs", "neg", "heart", "bones", "end"),
-        ("view", "compare", "heart", "lungs", "neg", "devices", "bones", "end"),
-        ("view", "compare", "devices", "heart", "lungs", "neg", "bones", "end"),
-        ("view", "compare", "lungs", "devices", "heart", "neg", "bones", "end"),
-    )
+
+def _closing_sentences(w: Writer, *, visit: int, compare: bool, abnormal: bool) -> list[Option]:
+    """Sometimes a closing summary for a normal study."""
+    if visit > 0 and compare and not abnormal and w.chance(0.4):
+        return [("No significant interval change.", [])]
+    if not abnormal and w.chance(0.15):
+        return [("No acute cardiopulmonary process.", [])]
+    return []
+
+
+def _assemble(blocks: dict[str, list[Option]], w: Writer) -> Report:
+    """Join the blocks in a layout; labels come from the mentions written."""
     layout = (
-        layouts[w.style % len(layouts)]
+        _LAYOUTS[w.style % len(_LAYOUTS)]
         if w.chance(0.7)
-        else layouts[int(rng.integers(len(layouts)))]
+        else _LAYOUTS[int(w.rng.integers(len(_LAYOUTS)))]
     )
     sentences = [opt for name in layout for opt in blocks[name]]
     text = " ".join(cap(t) for t, _ in sentences)

@@ -178,6 +178,33 @@ def _lung_finding(fr: _Frame, f: Finding) -> np.ndarray:
     return out
 
 
+def _pneumothoraces(
+    x, y, a: Anatomy, lung: dict[str, np.ndarray], findings: tuple[Finding, ...], edge: float
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """(lung masks where markings show, image change) for the study's pneumothoraces.
+
+    The lung edge is lost and the markings stop at a visible pleural line.
+    """
+    markings_mask = {side: lung[side].copy() for side in lung}
+    img_delta = np.zeros_like(x)
+    for f in findings:
+        if f.type != "pneumothorax":
+            continue
+        s = SIDE_SIGN[f.side or "right"]
+        k = {"small": 0.13, "moderate": 0.26, "large": 0.42}[f.severity]
+        ax, ay = s * 0.30, 0.35  # collapse towards the hilum and base
+        shrunk = _lung_f(
+            ax + (x - ax) / _F32(1 - k), ay + (y - ay) / _F32(1 - k), a, f.side or "right"
+        )
+        inner = ramp(shrunk, edge)
+        rim = lung[f.side or "right"] * (1.0 - inner)
+        markings_mask[f.side or "right"] *= inner
+        line = np.clip(1.0 - np.abs(shrunk) / _F32(0.012), 0.0, 1.0) * lung[f.side or "right"]
+        weight = 0.6 if f.status == "uncertain" else 1.0
+        img_delta += _F32(weight) * (0.12 * line - 0.07 * rim)
+    return markings_mask, img_delta
+
+
 def render_frontal(
     anatomy: Anatomy, pose: Pose, findings: tuple[Finding, ...], size: int, rng: np.random.Generator
 ) -> np.ndarray:
@@ -213,24 +240,7 @@ def render_frontal(
     keep = (1.0 - heart) * (1.0 - mediastinum)
     lung = {side: ramp(f, edge) * keep for side, f in lung_f.items()}
 
-    # Pneumothorax: the lung edge is lost, markings stop at a visible pleural line.
-    markings_mask = {side: lung[side].copy() for side in lung}
-    img_delta = np.zeros_like(x)
-    for f in findings:
-        if f.type != "pneumothorax":
-            continue
-        s = SIDE_SIGN[f.side or "right"]
-        k = {"small": 0.13, "moderate": 0.26, "large": 0.42}[f.severity]
-        ax, ay = s * 0.30, 0.35  # collapse towards the hilum and base
-        shrunk = _lung_f(
-            ax + (x - ax) / _F32(1 - k), ay + (y - ay) / _F32(1 - k), a, f.side or "right"
-        )
-        inner = ramp(shrunk, edge)
-        rim = lung[f.side or "right"] * (1.0 - inner)
-        markings_mask[f.side or "right"] *= inner
-        line = np.clip(1.0 - np.abs(shrunk) / _F32(0.012), 0.0, 1.0) * lung[f.side or "right"]
-        weight = 0.6 if f.status == "uncertain" else 1.0
-        img_delta += _F32(weight) * (0.12 * line - 0.07 * rim)
+    markings_mask, img_delta = _pneumothoraces(x, y, a, lung, findings, edge)
 
     hila = gaussian(np.abs(x), y, 0.16, -0.05, 0.35, 0.40)
     vessels = np.clip(smooth_noise(rng, size, max(8, size // 6)), -1.0, 2.0)

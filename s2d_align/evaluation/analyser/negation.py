@@ -408,12 +408,40 @@ def cue_status(
 def _cue_status(
     scope: ScopeIndex, span: tuple[int, int], exclude: frozenset[int], depth: int
 ) -> tuple[int, Cue | None]:
-    # The nearest cue whose scope reaches the mention wins (a cue before it on a tie). Cues are
-    # tried nearest first and the search stops once a gap closes every scope, so a long run-on
-    # sentence costs a few look-ups per mention, not one per cue.
-    tokens, cues = scope.tokens, scope.cues
+    # The nearest cue whose scope reaches the mention wins (a cue before it on a tie).
     start, end = span
-    before: tuple[int, Cue] | None = None
+    before = _nearest_before(scope, start, exclude)
+    after = _nearest_after(scope, end, exclude)
+    if before is not None and (after is None or before[0] <= after[0]):
+        cue = before[1]
+    elif after is not None:
+        cue = after[1]
+    else:
+        return 1, None
+    if cue.rule.kind == "uncertain" and cue.end <= start:
+        negation = _negated_hedge(scope, cue, start, exclude)
+        if negation is not None:
+            return 0, negation
+    if cue.rule.kind == "negative":
+        return 0, cue
+    if cue.rule.kind == "uncertain":
+        return -1, cue
+    # inherit: "no focal opacity to suggest pneumonia" -> as the cue before it says, else uncertain
+    if depth > 2:
+        return -1, cue
+    status, _ = _cue_status(scope, (cue.start, cue.end), exclude | {id(cue)}, depth + 1)
+    return (0, cue) if status == 0 else (-1, cue)
+
+
+def _nearest_before(
+    scope: ScopeIndex, start: int, exclude: frozenset[int]
+) -> tuple[int, Cue] | None:
+    """(distance, cue) of the nearest cue before ``start`` whose scope reaches forward to it.
+
+    Cues are tried nearest first and the search stops once a gap closes every scope, so a long
+    run-on sentence costs a few look-ups per mention, not one per cue.
+    """
+    tokens, cues = scope.tokens, scope.cues
     k = bisect.bisect_right(scope.cue_ends, start) - 1
     while k >= 0:
         cue = cues[k]
@@ -426,11 +454,16 @@ def _cue_status(
             and rule.direction in ("pre", "both")
             and scope.in_scope(gap, rule.window, forward=True)
         ):
-            before = (start - cue.end, cue)
-            break
+            return (start - cue.end, cue)
         if scope.closed(gap, forward=True):
             break
-    after: tuple[int, Cue] | None = None
+    return None
+
+
+def _nearest_after(scope: ScopeIndex, end: int, exclude: frozenset[int]) -> tuple[int, Cue] | None:
+    """(distance, cue) of the nearest cue after ``end`` whose scope reaches back to it; a cue
+    that also looks forward, or has a short window, is cut by any verb or comma in between."""
+    tokens, cues = scope.tokens, scope.cues
     k = bisect.bisect_left(scope.cue_starts, end)
     while k < len(cues):
         cue = cues[k]
@@ -444,49 +477,40 @@ def _cue_status(
             and rule.direction in ("post", "both")
             and scope.in_scope(gap, rule.window, forward=False, strict_verbs=strict)
         ):
-            after = (cue.start - end, cue)
-            break
+            return (cue.start - end, cue)
         if scope.closed(gap, forward=False):
             break
-    if before is not None and (after is None or before[0] <= after[0]):
-        cue = before[1]
-    elif after is not None:
-        cue = after[1]
-    else:
-        return 1, None
-    if cue.rule.kind == "uncertain" and cue.end <= start:
-        # "no suspicious nodules", "no effusion or suspicious nodules": "suspicious" qualifies the
-        # noun inside a negation; it does not hedge it. Other hedges do need the negation right
-        # before them ("no possible ..."), so that "no effusion, possible nodule" stays uncertain.
-        # The first such negation in text order wins: walk back, keep the farthest found.
-        suspicious = cue.text == "suspicious"
-        found: Cue | None = None
-        k = bisect.bisect_right(scope.cue_ends, cue.start) - 1
-        while k >= 0:
-            other = cues[k]
-            k -= 1
-            adjacent = len(tokens.between(other.end, cue.start)) == 0
-            reach = tokens.between(other.end, start)
-            if (
-                id(other) not in exclude
-                and other.rule.kind == "negative"
-                and other.rule.direction == "pre"
-                and (
-                    adjacent
-                    or (suspicious and scope.in_scope(reach, other.rule.window, forward=True))
-                )
-            ):
-                found = other
-            if not adjacent and (not suspicious or scope.closed(reach, forward=True)):
-                break
-        if found is not None:
-            return 0, found
-    if cue.rule.kind == "negative":
-        return 0, cue
-    if cue.rule.kind == "uncertain":
-        return -1, cue
-    # inherit: "no focal opacity to suggest pneumonia" -> as the cue before it says, else uncertain
-    if depth > 2:
-        return -1, cue
-    status, _ = _cue_status(scope, (cue.start, cue.end), exclude | {id(cue)}, depth + 1)
-    return (0, cue) if status == 0 else (-1, cue)
+    return None
+
+
+def _negated_hedge(
+    scope: ScopeIndex, hedge: Cue, start: int, exclude: frozenset[int]
+) -> Cue | None:
+    """The negation that turns the hedge ``hedge`` before a mention at ``start`` into a negative.
+
+    "no suspicious nodules", "no effusion or suspicious nodules": "suspicious" qualifies the noun
+    inside a negation; it does not hedge it. Other hedges do need the negation right before them
+    ("no possible ..."), so that "no effusion, possible nodule" stays uncertain. The first such
+    negation in text order wins: walk back, keep the farthest found.
+    """
+    tokens, cues = scope.tokens, scope.cues
+    suspicious = hedge.text == "suspicious"
+    found: Cue | None = None
+    k = bisect.bisect_right(scope.cue_ends, hedge.start) - 1
+    while k >= 0:
+        other = cues[k]
+        k -= 1
+        adjacent = len(tokens.between(other.end, hedge.start)) == 0
+        reach = tokens.between(other.end, start)
+        if (
+            id(other) not in exclude
+            and other.rule.kind == "negative"
+            and other.rule.direction == "pre"
+            and (
+                adjacent or (suspicious and scope.in_scope(reach, other.rule.window, forward=True))
+            )
+        ):
+            found = other
+        if not adjacent and (not suspicious or scope.closed(reach, forward=True)):
+            break
+    return found

@@ -24,7 +24,6 @@ import importlib.resources
 import logging
 import pickle
 import re
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from s2d_align.chexpert import OBSERVATIONS
 from s2d_align.errors import ConfigError, DataError
 from s2d_align.evaluation.labelers.base import Labels
 from s2d_align.utils.io import sha256_file
+from s2d_align.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -256,10 +256,7 @@ class CheXbertLabeler:
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # less padding
         out: list[list[int]] = [[] for _ in encoded]
         batches = range(0, len(order), self.batch_size)
-        if self.progress and sys.stderr.isatty():
-            from tqdm import tqdm
-
-            batches = tqdm(batches, desc="chexbert", unit="batch")
+        batches = progress_bar(batches, wanted=self.progress, desc="chexbert", unit="batch")
         pad = self.tokenizer.pad_token_id or 0
         for b in batches:
             idx = order[b : b + self.batch_size]

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from s2d_align.evaluation.metrics import NLG, SUPPORT_PREFIX, metric_specs
 from s2d_align.harness.references import load_reference_rows
 from s2d_align.harness.reports import diagnostics, figures, qualitative, tables
 from s2d_align.harness.reports.captions import EXAMPLE_DIRS, MACHINERY_CHECKS, MACHINERY_NOTE
@@ -92,7 +93,8 @@ def _val_curves(store: Store, results: PresetResults) -> pd.DataFrame:
 def _val_curve_metrics(results: PresetResults, curves: pd.DataFrame) -> list[str]:
     """The headline metric and one NLG metric (BLEU-4, else the table's first NLG column)."""
     scored = set(curves["metric"])
-    nlg = next((m for m in ("BLEU_4", *tables.NLG_COLUMNS) if m in scored), None)
+    columns = [s.name for s in metric_specs() if s.shown_in_tables and s.family == NLG]
+    nlg = next((m for m in ("BLEU_4", *columns) if m in scored), None)
     return [m for m in (results.headline, nlg) if m and m in scored]
 
 
@@ -160,7 +162,7 @@ def _preset_report(
     }
     # one colour per variant for every figure of the report
     colours = variant_colours([*results.variants, *ref_rows.variants, REFERENCE_REPORTS])
-    has_support = metrics["metric"].str.startswith(figures.SUPPORT_PREFIX).any()
+    has_support = metrics["metric"].str.startswith(SUPPORT_PREFIX).any()
     support = None if has_support else _reference_support(store, results, split)
     maybe = [
         figures.ablation_bars(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from s2d_align.evaluation.metrics import CORPUS
 from s2d_align.harness.references import (
     DESCRIPTIONS,
     ReferenceRows,
@@ -15,13 +16,7 @@ from s2d_align.harness.references import (
     reference_variant,
 )
 from s2d_align.harness.reports.data import PresetResults
-from s2d_align.harness.reports.significance import (
-    ALPHA,
-    CORPUS,
-    N_BOOT,
-    PROXY_REASONS,
-    SEED_TRIALS,
-)
+from s2d_align.harness.reports.significance import ALPHA, N_BOOT, SEED_TRIALS, proxy_reason
 from s2d_align.harness.reports.style import ce_definition, metric_label
 
 if TYPE_CHECKING:
@@ -99,7 +94,7 @@ def basis_note(basis: dict[str, str]) -> str:
             + "."
         )
     if proxy:
-        why = sorted({PROXY_REASONS["METEOR" if m == "METEOR" else "BLEU"] for m in proxy})
+        why = sorted({proxy_reason(m) for m in proxy})
         note += (
             f" {PROXY}: tested on the mean sentence score ({'; '.join(why)}); its intervals are "
             "shifted onto the corpus value: " + ", ".join(short_metric(m) for m in proxy) + "."

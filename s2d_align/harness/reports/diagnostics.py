@@ -15,11 +15,14 @@ import io
 from dataclasses import dataclass
 
 from s2d_align.chexpert import OBSERVATIONS
+from s2d_align.evaluation.metrics import DIAG, family_of
 from s2d_align.harness.reports.data import PresetResults
 from s2d_align.harness.reports.tables import Cell
 from s2d_align.harness.store import Store
 
 PREFIX = "diag/"
+#: Column name and meaning of the diagnostics with a name of their own (the registry knows them
+#: only as the ``diag/*`` patterns of its DIAG family, for their direction).
 _FIXED = {
     "diag/image_dependence": (
         "image dep.",
@@ -130,10 +133,11 @@ class DiagnosticsTable:
 def diagnostics_table(
     store: Store, results: PresetResults, split: str = "test"
 ) -> DiagnosticsTable | None:
-    """Every ``diag/...`` metric of the preset's runs on ``split``; None when no run has any."""
-    frame = results.metrics[
-        (results.metrics["split"] == split) & results.metrics["metric"].str.startswith(PREFIX)
-    ]
+    """Every per-run diagnostic (the metric registry's DIAG family) of the preset's runs on
+    ``split``; None when no run has any."""
+    names = results.metrics["metric"]
+    is_diag = names.map(lambda m: family_of(m) == DIAG).astype(bool)
+    frame = results.metrics[(results.metrics["split"] == split) & is_diag]
     if frame.empty:
         return None
     metrics = order_metrics(set(frame["metric"]), _stage_order(store, results))

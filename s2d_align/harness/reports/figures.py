@@ -29,9 +29,9 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.ticker import MaxNLocator
 
+from s2d_align.evaluation.metrics import CE_F1_PREFIX, CORPUS, SUPPORT_PREFIX
 from s2d_align.harness.references import REFERENCE_PREFIX, display_name
 from s2d_align.harness.reports.data import order_variants
-from s2d_align.harness.reports.significance import CORPUS
 from s2d_align.harness.reports.style import (
     FULL_WIDTH,
     LOSS_LABELS,
@@ -47,9 +47,6 @@ from s2d_align.harness.reports.tables import MARK, AblationTable
 
 # matplotlib's PDF backend subsets fonts through fontTools, which logs every table at INFO
 logging.getLogger("fontTools").setLevel(logging.WARNING)
-
-#: Per-observation support (references positive under the headline mapping), when recorded.
-SUPPORT_PREFIX = "ce_support/"
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -230,7 +227,7 @@ def ce_heatmap(
     metrics: pd.DataFrame,
     split: str,
     path: Path,
-    prefix: str = "ce_f1/",
+    prefix: str = CE_F1_PREFIX,
     support: Mapping[str, int] | None = None,
 ) -> Path | None:
     """Per-observation CE F1, variants x observations, mean over seeds. Each column says how

@@ -1,12 +1,15 @@
 """Paired tests and intervals between variants, rebuilt from what the store keeps.
 
 Each metric is rebuilt per run as an additive statistic over the run's test studies
-(``s2d_align.evaluation.stats``), so resampling or swapping studies recomputes it exactly:
+(``s2d_align.evaluation.stats``), so resampling or swapping studies recomputes it exactly; its
+metric registry entry says which (its family) and whether that is the reported value itself
+(``statistic``):
 
 - BLEU-1..4: corpus BLEU from the per-study n-gram statistics (``bleu_stat/*``); runs scored
   before those were stored fall back to the mean sentence BLEU (a proxy, labelled as such);
-- METEOR: the mean sentence METEOR, a proxy: pycocoevalcap pools METEOR's alignment statistics
-  inside Java, so its corpus score has no per-study decomposition;
+- METEOR (``SENTENCE_MEAN`` in the registry): the mean sentence METEOR, a proxy: pycocoevalcap
+  pools METEOR's alignment statistics inside Java, so its corpus score has no per-study
+  decomposition;
 - CE cells (``ce/MAPPING/LABELS/AVERAGE/STAT``) and per-observation F1 (``ce_f1/OBS``):
   recomputed from the stored CE labels (TP/FP/FN per study); ``grounded/*`` from stored counts;
 - every other metric: the mean of its stored per-sample scores (the corpus value of ROUGE-L,
@@ -30,8 +33,21 @@ import numpy as np
 
 from s2d_align.chexpert import OBSERVATIONS
 from s2d_align.evaluation import ce, grounded
-from s2d_align.evaluation.nlg import BLEU_STAT_COLUMNS, bleu_from_stats
-from s2d_align.evaluation.score import BLEU_STAT_PREFIX
+from s2d_align.evaluation.metrics import (
+    CE,
+    CE_F1,
+    CE_F1_PREFIX,
+    CORPUS,
+    GROUNDED,
+    SENTENCE_MEAN,
+    find_spec,
+)
+from s2d_align.evaluation.nlg import (
+    BLEU_STAT_COLUMNS,
+    BLEU_STAT_PREFIX,
+    NLG_METRICS,
+    bleu_from_stats,
+)
 from s2d_align.evaluation.stats import (
     AdditiveStatistic,
     hierarchical_bootstrap,
@@ -46,15 +62,24 @@ SEED_TRIALS = 5_000  # seed-level randomisation per table cell
 N_BOOT = 2_000  # hierarchical bootstrap resamples
 ALPHA = 0.05
 
-#: How a metric's statistic relates to the number in the table.
-CORPUS = "corpus"  # the statistic is the corpus-level value itself
-SENTENCE_MEAN = "sentence-mean"  # a proxy: the mean of per-study sentence scores
-#: Why a metric is tested on its mean sentence score.
+#: BLEU-1..n: one statistic, rebuilt from the stored per-study n-gram statistics.
+BLEU_METRICS = tuple(n for n in NLG_METRICS if n.startswith("BLEU_"))
+#: Why a metric whose registry entry is SENTENCE_MEAN is tested on its mean sentence score.
 PROXY_REASONS = {
     "METEOR": "pycocoevalcap pools METEOR's alignment statistics inside Java, so the corpus "
     "METEOR has no per-study decomposition",
-    "BLEU": "these runs were scored before per-study BLEU statistics were stored",
 }
+#: Why BLEU is, for runs scored before its per-study statistics were stored.
+STALE_BLEU_REASON = "these runs were scored before per-study BLEU statistics were stored"
+
+
+def proxy_reason(metric: str) -> str:
+    """Why a column whose basis is SENTENCE_MEAN (a proxy) is tested on the mean sentence score."""
+    if metric in BLEU_METRICS:
+        return STALE_BLEU_REASON
+    spec = find_spec(metric)
+    label = metric if spec is None else spec.label
+    return PROXY_REASONS.get(metric, f"the corpus {label} has no per-study decomposition")
 
 
 @dataclass
@@ -134,21 +159,24 @@ class PairedTests:
         return self._has_bleu[run_id]
 
     def plan(self, metric: str, run_ids: Iterable[str]) -> _Plan:
-        """Which statistic tests ``metric`` for these runs (BLEU is exact only if all stored it)."""
-        if metric.startswith("BLEU_") and metric[5:].isdigit():
+        """Which statistic tests ``metric`` for these runs: its registry entry's family and
+        ``statistic`` (BLEU is exact only if all runs stored its n-gram statistics); a metric
+        without an entry is the mean of its per-study scores."""
+        spec = find_spec(metric)
+        family = None if spec is None else spec.family
+        basis = SENTENCE_MEAN if spec is not None and spec.statistic == SENTENCE_MEAN else CORPUS
+        if metric in BLEU_METRICS:
             if all(self._bleu_stored(r) for r in run_ids):
-                return _Plan(("bleu",), int(metric[5:]) - 1, CORPUS)
+                return _Plan(("bleu",), BLEU_METRICS.index(metric), basis)
             return _Plan(("mean", metric), 0, SENTENCE_MEAN)
-        if metric == "METEOR":
-            return _Plan(("mean", metric), 0, SENTENCE_MEAN)
-        if metric.startswith("ce_f1/"):
-            return _Plan(("ce_f1",), OBSERVATIONS.index(metric[len("ce_f1/") :]), CORPUS)
-        if metric.startswith("ce/"):
+        if family == CE_F1:
+            return _Plan(("ce_f1",), OBSERVATIONS.index(metric[len(CE_F1_PREFIX) :]), basis)
+        if family == CE:
             _, mapping, labels, average, stat = metric.split("/")
-            return _Plan(("ce", mapping, labels, average), ce.STATS.index(stat), CORPUS)
-        if metric in grounded.GROUNDED_METRICS:
-            return _Plan(("grounded",), grounded.GROUNDED_METRICS.index(metric), CORPUS)
-        return _Plan(("mean", metric), 0, CORPUS)
+            return _Plan(("ce", mapping, labels, average), ce.STATS.index(stat), basis)
+        if family == GROUNDED:
+            return _Plan(("grounded",), grounded.GROUNDED_METRICS.index(metric), basis)
+        return _Plan(("mean", metric), 0, basis)
 
     def _run_stat(self, run_id: str, family: tuple) -> _RunStat | None:
         key = (run_id, family)

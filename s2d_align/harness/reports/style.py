@@ -9,7 +9,8 @@
   colour-blind-safe set, the rest Paul Tol's "muted" set; no figure identifies a variant by
   colour alone (each names it on an axis, in a panel title or a legend). Reference rows
   (``ref:...``, made without training) are greys with their own line styles.
-- One label per metric key (:func:`metric_label`): ``ce/u0/14/micro/f1`` reads "CE micro-F1".
+- One label per metric key (:func:`metric_label`), the one its metric registry entry gives:
+  ``ce/u0/14/micro/f1`` reads "CE micro-F1".
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import matplotlib.pyplot as plt
 import seaborn as sns
 
 from s2d_align.errors import ConfigError
+from s2d_align.evaluation.metrics import CE, DEFAULT_CE, family_of, find_spec
 from s2d_align.harness.references import REFERENCE_NAMES, REFERENCE_PREFIX, is_reference
 
 SINGLE_COLUMN = 3.5  # inches
@@ -76,46 +78,20 @@ RC: dict[str, Any] = {
     "ps.fonttype": 42,
 }
 
-NLG_LABELS = {
-    "BLEU_1": "BLEU-1",
-    "BLEU_2": "BLEU-2",
-    "BLEU_3": "BLEU-3",
-    "BLEU_4": "BLEU-4",
-    "METEOR": "METEOR",
-    "ROUGE_L": "ROUGE-L",
-    "CIDEr": "CIDEr",
-}
-_STATS = {"p": "P", "r": "R", "f1": "F1"}
-_AVERAGES = {"micro": "micro", "macro": "macro", "example": "example-based"}
-#: The CE cell a bare "CE micro-F1" means; any other mapping or label set is spelled out.
-DEFAULT_CE = ("u0", "14")
 LOSS_LABELS = {"lm": "language-model loss", "align": "alignment loss", "kp": "key-phrase loss"}
 
 
 def metric_label(key: str) -> str:
-    """The human label of a metric key: ``ce/u0/14/micro/f1`` -> "CE micro-F1", ``BLEU_4`` ->
-    "BLEU-4", ``ce/u1/5/macro/p`` -> "CE macro-P (u1, 5 obs.)"; an unknown key is returned with
-    its slashes as spaces."""
-    if key in NLG_LABELS:
-        return NLG_LABELS[key]
-    parts = key.split("/")
-    if len(parts) == 5 and parts[0] == "ce" and parts[3] in _AVERAGES and parts[4] in _STATS:
-        mapping, labels, average, stat = parts[1:]
-        label = f"CE {_AVERAGES[average]}-{_STATS[stat]}"
-        if (mapping, labels) != DEFAULT_CE:
-            label += f" ({mapping}, {labels} obs.)"
-        return label
-    if key.startswith("ce_f1/"):
-        return f"CE F1: {key[len('ce_f1/') :]}"
-    if key.startswith("grounded/"):
-        rest = key[len("grounded/") :]
-        return "ungrounded F1" if rest == "ungrounded_f1" else f"grounded {_STATS.get(rest, rest)}"
-    return key.replace("/", " ")
+    """The human label of a metric key, its registry entry's ``label``: ``ce/u0/14/micro/f1`` ->
+    "CE micro-F1", ``BLEU_4`` -> "BLEU-4"; a key without an entry of its own (a pattern's match,
+    an unknown name) is returned with its slashes as spaces."""
+    spec = find_spec(key)
+    return spec.label if spec is not None and not spec.is_pattern else key.replace("/", " ")
 
 
 def ce_definition(keys: Iterable[str]) -> str | None:
     """One sentence defining the CE labels among ``keys`` (None when there is none)."""
-    cells = sorted({tuple(k.split("/")[1:3]) for k in keys if k.startswith("ce/")})
+    cells = sorted({tuple(k.split("/")[1:3]) for k in keys if family_of(k) == CE})
     if not cells:
         return None
     what = []

@@ -1,32 +1,24 @@
-"""Batched passes over a split, sharded across processes and gathered in the split's order.
+"""The key-phrase head at inference: probabilities over a split, thresholds tuned on val, and
+the phrases each study is predicted to have.
 
-Used for key-phrase probabilities (threshold tuning on val, predicted key phrases at inference)
-and by the inference layer for generation: every process takes every ``world``-th study, and
-the results are gathered before anything is written or scored (corpus metrics are never
-averaged over shards).
+Used for threshold tuning (at the end of training, and by inference when a run folder has no
+thresholds yet), for the predicted key phrases a prompt gets, and by
+:mod:`s2d_align.inference.keyphrase_eval`. An inference primitive: see
+:mod:`s2d_align.inference.passes` for the layering.
 """
 
 from __future__ import annotations
 
 import contextlib
-import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Subset
-from tqdm import tqdm
 
-from s2d_align.config.schema import InferenceConfig
-from s2d_align.training.collate import (
-    Collator,
-    ContextStore,
-    InferenceContext,
-    StageContext,
-    batch_to,
-)
+from s2d_align.inference.passes import sharded_map
+from s2d_align.training.collate import Collator, ContextStore, StageContext
 from s2d_align.training.data import StudyDataset
 from s2d_align.training.distributed import Dist
 from s2d_align.training.keyphrases import (
@@ -37,48 +29,6 @@ from s2d_align.training.keyphrases import (
 )
 from s2d_align.training.prompts import PromptBuilder
 from s2d_align.utils.io import read_json, write_json
-
-
-def sharded_map(
-    dataset: StudyDataset,
-    collate: Collator,
-    fn: Callable[[dict], Sequence[Any]],
-    *,
-    dist: Dist,
-    batch_size: int,
-    progress: bool = False,
-    desc: str = "",
-) -> list[Any]:
-    """``fn(batch)`` (one result per row) over this process's share; gathered, in split order."""
-    indices = list(range(dist.rank, len(dataset), dist.world))
-    # A private generator: building the iterator must not draw from the global torch RNG (an
-    # evaluation in the middle of training would otherwise change the rest of the run).
-    loader = DataLoader(
-        Subset(dataset, indices),
-        batch_size=batch_size,
-        collate_fn=collate,
-        generator=torch.Generator(),
-    )
-    bar = tqdm(
-        loader,
-        desc=desc,
-        unit="batch",
-        disable=not (progress and dist.is_main and sys.stderr.isatty()),
-    )
-    mine: list[tuple[int, Any]] = []
-    offset = 0
-    for batch in bar:
-        results = list(fn(batch_to(batch, dist.device)))
-        n = len(batch["ids"])
-        if len(results) != n:
-            raise RuntimeError(f"{desc}: {len(results)} results for a batch of {n}")
-        mine.extend(zip(indices[offset : offset + n], results, strict=True))
-        offset += n
-    gathered = dist.gather(mine)
-    by_index = dict(gathered)
-    if len(by_index) != len(dataset):
-        raise RuntimeError(f"{desc}: gathered {len(by_index)} results for {len(dataset)} studies")
-    return [by_index[i] for i in range(len(dataset))]
 
 
 @torch.no_grad()
@@ -192,57 +142,3 @@ def predicted_keyphrases(
         s.id: decode_multi_hot(row >= threshold, vocab)
         for s, row in zip(dataset.studies, probs, strict=True)
     }
-
-
-def generate_rows(
-    model: Any,
-    dataset: StudyDataset,
-    builder: PromptBuilder,
-    store: ContextStore,
-    ctx: InferenceContext,
-    inference: InferenceConfig,
-    *,
-    dist: Dist,
-    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-    progress: bool = False,
-) -> list[dict[str, Any]]:
-    """Prediction rows ``{id, prediction, reference_ids, keyphrases, context}`` in split order."""
-    num_beams = inference.num_beams if inference.decoding == "beam" else 1
-    collate = Collator(
-        builder, store, [ctx.stage_context], vocab=list(model.keyphrase_vocab), generate=True
-    )
-
-    def fn(batch: dict) -> list[str]:
-        with autocast():
-            return model.generate(
-                batch, max_new_tokens=inference.max_new_tokens, num_beams=num_beams
-            )
-
-    texts = sharded_map(
-        dataset,
-        collate,
-        fn,
-        dist=dist,
-        batch_size=inference.batch_size,
-        progress=progress,
-        desc="generating",
-    )
-    rows = []
-    for study, text in zip(dataset.studies, texts, strict=True):
-        sid = study.id
-        if ctx.keyphrases == "predicted":
-            phrases = store.predicted.get(sid, [])
-        elif ctx.keyphrases == "oracle":
-            phrases = store.keyphrases.get(sid, [])
-        else:
-            phrases = []
-        rows.append(
-            {
-                "id": sid,
-                "prediction": text,
-                "reference_ids": list(store.references.get(sid, [])) if ctx.reference else [],
-                "keyphrases": phrases,
-                "context": ctx.name,
-            }
-        )
-    return rows
