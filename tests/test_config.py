@@ -59,6 +59,8 @@ def test_wrong_type_names_field_value_and_expected_type():
         ("eval.profile=r2gen", "'raw-v1'"),
         ("stages.0.trainable.llm=partial", "'lora'"),
         ("model.memory.topk=1000", "topk"),
+        ("data.synth.n_val=0", r"data\.synth\.n_val must be >= 1 for a training run"),
+        ("data.synth.views=3", r"data\.synth\.views must be 1 or 2"),
     ],
 )
 def test_invalid_values_are_rejected(override, fragment):

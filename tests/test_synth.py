@@ -274,6 +274,48 @@ def test_refuses_a_foreign_folder_and_bad_settings(tmp_path):
         generate_synthcxr(tmp_path / "x", n_train=2, n_val=1, n_test=1, views=3, progress=False)
 
 
+@pytest.mark.parametrize("split", ["train", "val", "test"])
+def test_a_training_config_needs_every_split_but_the_generator_does_not(split, tmp_path, capsys):
+    from s2d_align.config import load_config
+
+    with pytest.raises(ConfigError, match=rf"data\.synth\.n_{split} must be >= 1"):
+        load_config(None, [f"data.synth.n_{split}=0"])
+    sizes = {"n_train": 3, "n_val": 2, "n_test": 2, f"n_{split}": 0}
+    ann, _ = load(
+        Path(generate_synthcxr(tmp_path / "api", **sizes, size=32, progress=False)).parent
+    )
+    assert len(ann[split]) == 0 and sum(map(len, ann.values())) == sum(sizes.values())
+    flags = [x for k, v in sizes.items() for x in (f"--{k.replace('_', '-')}", str(v))]
+    argv = ["data", "synth", "--data-dir", str(tmp_path / "cli"), "--size", "32", "--no-progress"]
+    assert main([*argv, *flags]) == 0
+    assert (tmp_path / "cli" / "annotation.json").read_bytes() == (
+        tmp_path / "api" / "annotation.json"
+    ).read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("values", "key"),
+    [
+        ({"n_val": -1}, "data.synth.n_val"),
+        ({"n_train": 0, "n_val": 0, "n_test": 0}, "n_train + n_val + n_test"),
+        ({"seed": True}, "data.synth.seed"),
+        ({"views": 3}, "data.synth.views"),
+        ({"size": 16}, "data.synth.size"),
+    ],
+)
+def test_bad_synth_settings_name_the_key(values, key):
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        SynthConfig(**values)
+
+
+def test_fingerprint_keeps_cache_folder_names_stable():
+    """A changed fingerprint would silently regenerate every cached SynthCXR dataset."""
+    from s2d_align.data.synth import synth_fingerprint
+
+    assert synth_fingerprint(SynthConfig()) == "65e581dff7418c42"
+    assert synth_fingerprint(SynthConfig(4, 0, 2, 32, 2, 3)) == "aa98bb9164f2721d"
+
+
 def test_ensure_synthcxr_caches_and_redoes_an_interrupted_generation(tmp_path):
     cfg = SynthConfig(n_train=4, n_val=1, n_test=2, size=32, views=1, seed=2)
     path = ensure_synthcxr(cfg, tmp_path, progress=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from s2d_align.cli.vocab import add_jobs, command, option
@@ -53,17 +54,14 @@ def register(group: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from s2d_align.data.synth import (
-        SynthSettings,
         generate_synthcxr,
         is_complete,
         plot_examples,
     )
     from s2d_align.utils.io import read_json
 
-    settings = SynthSettings(
-        args.n_train, args.n_val, args.n_test, args.size, args.views, args.seed
-    )
-    settings.validate()
+    # the generator's rules (an empty split is allowed here, unlike in a training config)
+    settings = SynthConfig(args.n_train, args.n_val, args.n_test, args.size, args.views, args.seed)
     if is_complete(args.data_dir, settings) and not args.force:
         print(
             f"{args.data_dir}: SynthCXR with these settings is already complete (--force regenerates)"
@@ -72,7 +70,7 @@ def _run(args: argparse.Namespace) -> int:
         started = time.perf_counter()
         generate_synthcxr(
             args.data_dir,
-            **settings.__dict__,
+            **asdict(settings),
             workers=args.jobs,
             progress=not args.no_progress,
             overwrite=args.force,

@@ -19,6 +19,10 @@ def _check(cond: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 @dataclass(frozen=True)
 class SynthConfig:
     """SynthCXR generation (only used when ``data.source == 'synth'``)."""
@@ -31,12 +35,26 @@ class SynthConfig:
     seed: int = 0  # the dataset seed (independent of the training seed)
 
     def __post_init__(self) -> None:
+        # The generator's rules: an empty split is a valid dataset. A training run needs all
+        # three splits; DataConfig checks that, since only it knows the data is for a run.
+        for name in ("n_train", "n_val", "n_test", "seed"):
+            value = getattr(self, name)
+            _check(
+                _is_int(value) and value >= 0,
+                f"data.synth.{name} must be an integer >= 0, got {value!r}",
+            )
         _check(
-            min(self.n_train, self.n_val, self.n_test) >= 1,
-            "data.synth: every split needs >= 1 study",
+            self.n_train + self.n_val + self.n_test >= 1,
+            "data.synth: at least one study is needed (n_train + n_val + n_test >= 1)",
         )
-        _check(self.views in (1, 2), f"data.synth.views must be 1 or 2, got {self.views}")
-        _check(self.size >= 32, f"data.synth.size must be >= 32, got {self.size}")
+        _check(
+            _is_int(self.views) and self.views in (1, 2),
+            f"data.synth.views must be 1 or 2, got {self.views!r}",
+        )
+        _check(
+            _is_int(self.size) and self.size >= 32,
+            f"data.synth.size must be an integer >= 32 pixels, got {self.size!r}",
+        )
 
 
 @dataclass(frozen=True)
@@ -60,6 +78,15 @@ class DataConfig:
                 "data.annotation is required when data.source is 'r2gen'",
             )
         _check(self.max_views >= 1, "data.max_views must be >= 1")
+        if self.source == "synth":
+            # train feeds the tokenizer and retrieval, val the thresholds, test the scores
+            for split in ("train", "val", "test"):
+                value = getattr(self.synth, f"n_{split}")
+                _check(
+                    value >= 1,
+                    f"data.synth.n_{split} must be >= 1 for a training run (its {split} split "
+                    f"is needed), got {value}; `s2d-align data synth` can generate empty splits",
+                )
 
 
 @dataclass(frozen=True)

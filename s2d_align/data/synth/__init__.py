@@ -11,20 +11,20 @@ from s2d_align.data.synth.figure import plot_examples
 from s2d_align.data.synth.generate import (
     COMPLETE_MARKER,
     GENERATOR_VERSION,
-    SynthSettings,
     ensure_synthcxr,
     generate_synthcxr,
     is_complete,
+    synth_fingerprint,
 )
 from s2d_align.data.synth.paraphrase import paraphrase_reports
 
 __all__ = [
     "COMPLETE_MARKER",
     "GENERATOR_VERSION",
-    "SynthSettings",
     "ensure_synthcxr",
     "generate_synthcxr",
     "is_complete",
     "paraphrase_reports",
     "plot_examples",
+    "synth_fingerprint",
 ]

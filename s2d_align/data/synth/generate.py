@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image
 
 from s2d_align.chexpert import OBSERVATIONS
+from s2d_align.config.schema import SynthConfig
 from s2d_align.data.synth.anatomy import sample_pose
 from s2d_align.data.synth.findings import StudyPlan, plan_studies
 from s2d_align.data.synth.grammar import write_report
@@ -50,35 +51,10 @@ _TEXT_STREAM, _IMAGE_STREAM = 1, 2
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class SynthSettings:
-    """What determines a SynthCXR dataset's bytes (worker count does not)."""
-
-    n_train: int
-    n_val: int
-    n_test: int
-    size: int
-    views: int
-    seed: int
-
-    def validate(self) -> None:
-        for name in ("n_train", "n_val", "n_test"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 0:
-                raise ConfigError(f"synth: {name} must be an integer >= 0, got {value!r}")
-        if self.n_train + self.n_val + self.n_test < 1:
-            raise ConfigError("synth: at least one study is needed (n_train + n_val + n_test >= 1)")
-        if not isinstance(self.seed, int) or self.seed < 0:
-            raise ConfigError(f"synth: seed must be an integer >= 0, got {self.seed!r}")
-        if self.views not in (1, 2):
-            raise ConfigError(f"synth: views must be 1 or 2, got {self.views!r}")
-        if not isinstance(self.size, int) or self.size < 32:
-            raise ConfigError(f"synth: size must be an integer >= 32 pixels, got {self.size!r}")
-
-    def fingerprint(self) -> str:
-        """Hash of the settings and generator version (names cache folders, fills COMPLETE)."""
-        blob = json.dumps(self.__dict__, sort_keys=True)
-        return sha256_text("synthcxr", GENERATOR_VERSION, blob)[:16]
+def synth_fingerprint(cfg: SynthConfig) -> str:
+    """Hash of the settings and generator version (names cache folders, fills COMPLETE)."""
+    blob = json.dumps(asdict(cfg), sort_keys=True)
+    return sha256_text("synthcxr", GENERATOR_VERSION, blob)[:16]
 
 
 def _rng(seed: int, index: int, stream: int) -> np.random.Generator:
@@ -92,7 +68,7 @@ def _png_bytes(pixels: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def make_study(plan: StudyPlan, settings: SynthSettings, out_dir: Path) -> dict[str, Any]:
+def make_study(plan: StudyPlan, settings: SynthConfig, out_dir: Path) -> dict[str, Any]:
     """Render, report and write one study; returns its annotation and ground-truth records."""
     text_rng = _rng(settings.seed, plan.index, _TEXT_STREAM)
     report = write_report(
@@ -134,7 +110,7 @@ def make_study(plan: StudyPlan, settings: SynthSettings, out_dir: Path) -> dict[
 
 
 def _make_chunk(
-    plans: Sequence[StudyPlan], settings: SynthSettings, out_dir: str
+    plans: Sequence[StudyPlan], settings: SynthConfig, out_dir: str
 ) -> list[dict[str, Any]]:
     return [make_study(p, settings, Path(out_dir)) for p in plans]
 
@@ -164,7 +140,7 @@ def _progress(total: int, enabled: bool):
 
 
 def _summary(
-    settings: SynthSettings, plans: list[StudyPlan], truths: dict[str, dict]
+    settings: SynthConfig, plans: list[StudyPlan], truths: dict[str, dict]
 ) -> dict[str, Any]:
     prevalence = {}
     for obs in OBSERVATIONS:
@@ -179,8 +155,8 @@ def _summary(
     return {
         "generator": "SynthCXR",
         "version": GENERATOR_VERSION,
-        "settings": dict(settings.__dict__),
-        "fingerprint": settings.fingerprint(),
+        "settings": asdict(settings),
+        "fingerprint": synth_fingerprint(settings),
         "studies": {s: sum(p.split == s for p in plans) for s in splits},
         "patients": {s: len({p.subject_id for p in plans if p.split == s}) for s in splits},
         "images": len(plans) * settings.views,
@@ -207,8 +183,7 @@ def generate_synthcxr(
 
     ``workers`` > 1 renders in that many processes; the files are the same bytes either way.
     """
-    settings = SynthSettings(n_train, n_val, n_test, size, views, seed)
-    settings.validate()
+    settings = SynthConfig(n_train, n_val, n_test, size, views, seed)  # checks the values
     if not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"synth: workers must be an integer >= 1, got {workers!r}")
     out_dir = Path(out_dir)
@@ -239,16 +214,16 @@ def generate_synthcxr(
     write_json(out_dir / "annotation.json", annotation)
     write_json(out_dir / "ground_truth.json", truths)
     write_json(out_dir / "synth_meta.json", _summary(settings, plans, truths))
-    atomic_write_bytes(out_dir / COMPLETE_MARKER, (settings.fingerprint() + "\n").encode())
+    atomic_write_bytes(out_dir / COMPLETE_MARKER, (synth_fingerprint(settings) + "\n").encode())
     return out_dir / "annotation.json"
 
 
-def is_complete(out_dir: str | Path, settings: SynthSettings | None = None) -> bool:
+def is_complete(out_dir: str | Path, settings: SynthConfig | None = None) -> bool:
     """True when ``out_dir`` holds a finished generation (of ``settings``, when given)."""
     marker = Path(out_dir) / COMPLETE_MARKER
     if not marker.is_file():
         return False
-    return settings is None or marker.read_text().strip() == settings.fingerprint()
+    return settings is None or marker.read_text().strip() == synth_fingerprint(settings)
 
 
 @contextmanager
@@ -269,24 +244,23 @@ def _file_lock(path: Path) -> Iterator[None]:
 
 
 def ensure_synthcxr(
-    cfg: Any, cache_root: str | Path, *, workers: int = 1, progress: bool = True
+    cfg: SynthConfig, cache_root: str | Path, *, workers: int = 1, progress: bool = True
 ) -> Path:
-    """The annotation.json of SynthCXR for ``cfg`` (a ``SynthConfig``), generating it if needed.
+    """The annotation.json of SynthCXR for ``cfg``, generating it if needed.
 
     Cached in ``cache_root/synthcxr-<fingerprint>/``; an interrupted generation (no COMPLETE
     marker) is thrown away and redone.
     """
-    settings = SynthSettings(cfg.n_train, cfg.n_val, cfg.n_test, cfg.size, cfg.views, cfg.seed)
-    settings.validate()
-    target = Path(cache_root) / f"synthcxr-{settings.fingerprint()}"
-    if is_complete(target, settings):
+    fingerprint = synth_fingerprint(cfg)
+    target = Path(cache_root) / f"synthcxr-{fingerprint}"
+    if is_complete(target, cfg):
         return target / "annotation.json"
-    with _file_lock(Path(cache_root) / f".synthcxr-{settings.fingerprint()}.lock"):
-        if is_complete(target, settings):  # another process finished while we waited
+    with _file_lock(Path(cache_root) / f".synthcxr-{fingerprint}.lock"):
+        if is_complete(target, cfg):  # another process finished while we waited
             return target / "annotation.json"
         if target.exists():
             shutil.rmtree(target)
         started = time.perf_counter()
-        path = generate_synthcxr(target, **settings.__dict__, workers=workers, progress=progress)
+        path = generate_synthcxr(target, **asdict(cfg), workers=workers, progress=progress)
         log.info("SynthCXR generated in %.1fs: %s", time.perf_counter() - started, target)
         return path

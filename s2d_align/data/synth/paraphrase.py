@@ -21,8 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from s2d_align.config.schema import SynthConfig
 from s2d_align.data.synth.findings import StudyPlan, plan_studies
-from s2d_align.data.synth.generate import SynthSettings, ensure_synthcxr
+from s2d_align.data.synth.generate import ensure_synthcxr
 from s2d_align.data.synth.grammar import write_report
 from s2d_align.errors import ConfigError, DataError
 from s2d_align.utils.io import read_json
@@ -42,7 +43,7 @@ def finding_labels(labels: dict[str, Any]) -> dict[str, int]:
 
 def paraphrase_study(
     plan: StudyPlan,
-    settings: SynthSettings,
+    settings: SynthConfig,
     style_seed: int,
     original: str,
     labels: dict[str, Any],
@@ -75,7 +76,7 @@ def _normalised(findings: list[dict[str, Any]]) -> str:
 
 
 def paraphrase_reports(
-    synth_cfg: Any,
+    synth_cfg: SynthConfig,
     cache_root: str | Path,
     split: str,
     style_seed: int = 1,
@@ -84,8 +85,8 @@ def paraphrase_reports(
 ) -> dict[str, str]:
     """``{study id: paraphrased report}`` for one split of the SynthCXR dataset of ``synth_cfg``.
 
-    ``synth_cfg`` is a ``SynthConfig``; the dataset is read from (or generated into)
-    ``cache_root`` like ``ensure_synthcxr`` does. Deterministic in (dataset, split, style seed).
+    The dataset is read from (or generated into) ``cache_root`` like ``ensure_synthcxr``
+    does. Deterministic in (dataset, split, style seed).
     """
     if split not in SPLITS:
         raise ConfigError(f"paraphrase_reports: split must be one of {SPLITS}, got {split!r}")
@@ -94,8 +95,6 @@ def paraphrase_reports(
             f"paraphrase_reports: style_seed must be an integer >= 0, got {style_seed!r}"
         )
     s = synth_cfg
-    settings = SynthSettings(s.n_train, s.n_val, s.n_test, s.size, s.views, s.seed)
-    settings.validate()
     ann_path = Path(ensure_synthcxr(synth_cfg, cache_root, progress=progress))
     folder = ann_path.parent
     originals = {e["id"]: e["report"] for e in read_json(ann_path)[split]}
@@ -116,7 +115,7 @@ def paraphrase_reports(
                 f"{folder}/ground_truth.json: study {plan.study_id} does not hold the findings "
                 "this generator plans for it; delete the folder so that it is generated again"
             )
-        text, new = paraphrase_study(plan, settings, style_seed, originals[plan.study_id],
+        text, new = paraphrase_study(plan, s, style_seed, originals[plan.study_id],
                                      gt["labels"])  # fmt: skip
         out[plan.study_id] = text
         kept_original += not new
