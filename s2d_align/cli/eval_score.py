@@ -26,6 +26,7 @@ from s2d_align.evaluation.ce import AVERAGES, LABEL_SETS, MAPPINGS, parse_headli
 from s2d_align.evaluation.metrics import (
     CE,
     CE_F1,
+    CE_F1_PREFIX,
     CE_SUPPORT,
     GROUNDED,
     SUPPORT_PREFIX,
@@ -295,7 +296,7 @@ def print_report(report: ScoreReport, console: Console) -> None:
     per_obs.add_column("95% CI", justify="right")
     per_obs.add_column("n (positive refs)", justify="right")
     for obs in OBSERVATIONS:
-        name = f"ce_f1/{obs}"
+        name = f"{CE_F1_PREFIX}{obs}"
         support = report.metrics.get(f"{SUPPORT_PREFIX}{obs}")
         n = int(support.value) if support is not None else None
         f1 = "absent" if n == 0 else f"{report.metrics[name].value:.4f}"

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from s2d_align.cli.vocab import command, option
 from s2d_align.errors import ConfigError
+from s2d_align.evaluation.metrics import CE_F1_PREFIX
 
 DEFAULT_RESULTS = "results"
 #: Run statuses in the store (``results list --status``).
@@ -115,7 +116,7 @@ def cmd_show(args: argparse.Namespace) -> int:
                     name: {"value": m.value, "ci_low": m.ci_low, "ci_high": m.ci_high,
                            "higher_is_better": m.higher_is_better}
                     for name, m in metrics[ev.split].items()
-                    if args.all or not name.startswith("ce_f1/")
+                    if args.all or not name.startswith(CE_F1_PREFIX)
                 },
             }
             for ev in evals
@@ -148,7 +149,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         for col in ("metric", "value", "95% CI"):
             table.add_column(col, justify="left" if col == "metric" else "right")
         for name, m in metrics[ev.split].items():
-            if args.all or not name.startswith("ce_f1/"):
+            if args.all or not name.startswith(CE_F1_PREFIX):
                 ci = "-" if m.ci_low is None else f"[{m.ci_low:.4f}, {m.ci_high:.4f}]"
                 table.add_row(name, f"{m.value:.4f}", ci)
         out.print(table)
@@ -166,7 +167,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         ma, mb = store.metrics(a.id, args.split), store.metrics(b.id, args.split)
         if not ma or not mb:
             raise ConfigError(f"both runs need scores on the {args.split} split")
-        names = [n for n in ma if n in mb and (args.all or not n.startswith("ce_f1/"))]
+        names = [n for n in ma if n in mb and (args.all or not n.startswith(CE_F1_PREFIX))]
         manifests = {
             e.manifest_hash for e in store.evaluations([a.id, b.id]) if e.split == args.split
         }

@@ -12,6 +12,7 @@ from typing import Any
 
 from s2d_align.chexpert import OBSERVATIONS
 from s2d_align.evaluation.ce import ce_cell_names
+from s2d_align.evaluation.metrics import CE_F1_PREFIX
 from s2d_align.evaluation.signature import parse_signature
 from s2d_align.evaluation.stats import PairedResult
 
@@ -71,7 +72,7 @@ class ScoreReport:
         return out
 
     def per_observation_f1(self) -> dict[str, float]:
-        return {obs: self.metrics[f"ce_f1/{obs}"].value for obs in OBSERVATIONS}
+        return {obs: self.metrics[f"{CE_F1_PREFIX}{obs}"].value for obs in OBSERVATIONS}
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -185,7 +185,18 @@ def _preset_report(
     if refs and shown:
         examples = qualitative.pick_examples(refs, shown)
         maybe.append(qualitative.qualitative_panel(examples, fig_dir / "qualitative.png"))
-    notes = []
+    drawn, notes = _val_curve_figure(store, results, fig_dir, colours)
+    maybe.append(drawn)
+    written += [f for p in maybe if p is not None for f in figure_files(p)]
+    return written, notes
+
+
+def _val_curve_figure(
+    store: Store, results, fig_dir: Path, colours
+) -> tuple[Path | None, list[str]]:
+    """The validation-metric-vs-step figure, or the note saying why it is not drawn."""
+    notes: list[str] = []
+    drawn = None
     every = _eval_every(store, results)
     curves = _val_curves(store, results)
     if every <= 0:
@@ -203,14 +214,12 @@ def _preset_report(
     else:
         names = _val_curve_metrics(results, curves)
         drawn = figures.val_curves(curves, names, fig_dir / "val_curves.png", colours, every=every)
-        maybe.append(drawn)
         if drawn is None:
             notes.append(
                 "Validation metric vs step: not drawn, the val scores recorded during training "
                 "hold neither the headline metric nor an NLG metric."
             )
-    written += [f for p in maybe if p is not None for f in figure_files(p)]
-    return written, notes
+    return drawn, notes
 
 
 def _on_disk(out_dir: Path) -> list[Path]:
