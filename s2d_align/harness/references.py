@@ -7,7 +7,9 @@ Every ablation table carries three rows that tell whether the benchmark can see 
 - ``nn-retrieval``: each study gets the report of its nearest train image under the shared
   pre-trained vision encoder (``s2d_align.training.retrieval.nearest_train_reports``);
 - ``oracle-paraphrase`` (ceiling of n-gram metrics): SynthCXR writes each study's report again
-  from its ground-truth findings in another style (SynthCXR data only; skipped otherwise).
+  from its ground-truth findings in another style (SynthCXR data only; skipped otherwise);
+- ``tower-probe``: no predictions, only finding AUROCs of a linear probe on the shared frozen
+  tower's pooled features (``s2d_align.inference.tower_probe``), shown in the diagnostics table.
 
 A row is scored by the grid's scorer with exactly the variants' protocol and recorded in the
 store as a run of purpose ``reference`` (variant ``ref:NAME``, seed 0), once per preset and
@@ -45,7 +47,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-REFERENCE_NAMES = ("all-normal", "nn-retrieval", "oracle-paraphrase")
+REFERENCE_NAMES = ("all-normal", "nn-retrieval", "oracle-paraphrase", "tower-probe")
+#: Rows that make no predictions, only diagnostics (never in the ablation table or figures).
+PROBE_NAMES = ("tower-probe",)
 #: ``Run.purpose`` of reference rows (variants are ``ablate``; reports and regress filter on it).
 REFERENCE_PURPOSE = "reference"
 #: ``Run.variant`` of a reference row is this prefix + its name.
@@ -63,6 +67,9 @@ DESCRIPTIONS = {
     "oracle-paraphrase": "SynthCXR's report rewritten from the study's ground-truth findings in "
     "another style, with identical positive/uncertain labels (the ceiling paraphrase leaves to "
     "n-gram metrics)",
+    "tower-probe": "linear probe (logistic regression on the frozen tower's pooled features, "
+    "fitted on train) — what the tower carries, a reference for finding AUROC, not a bound: "
+    "the LM reads all tokens, not a pooled vector",
 }
 
 
@@ -123,6 +130,14 @@ class PipelineReferences:
         self.progress = progress
         self._normal: dict[tuple[Any, Any], str] = {}  # by (data, eval) config
 
+    def probe(self, name: str, cfg: Config, split: str) -> dict[str, float]:
+        """A probe row's diagnostics on ``split`` (``{metric: value}``)."""
+        if name == "tower-probe":
+            from s2d_align.inference.tower_probe import tower_probe
+
+            return tower_probe(cfg, self.cache_root, split=split, progress=self.progress)
+        raise ConfigError(f"unknown probe row {name!r}; known: {', '.join(PROBE_NAMES)}")
+
     def predictions(self, name: str, cfg: Config, split: str, ids: Sequence[str]) -> dict[str, str]:
         if name == "all-normal":
             text = self.normal_report(cfg)
@@ -178,7 +193,7 @@ def reference_key(name: str, cfg: Config) -> dict[str, Any]:
         "data": to_dict(cfg.data),
         "eval": to_dict(cfg.eval),
     }
-    if name == "nn-retrieval":
+    if name in ("nn-retrieval", "tower-probe"):
         key["vision"] = to_dict(cfg.model.vision)
     if name == "oracle-paraphrase":
         key["style_seed"] = PARAPHRASE_STYLE_SEED
@@ -257,6 +272,8 @@ def record_reference_rows(
     run is marked failed in the store and retried by the next ``ablate``).
     """
     outcomes: dict[str, str] = {}
+    # a source without probes (e.g. a test fake) plans none
+    names = [n for n in names if n not in PROBE_NAMES or hasattr(source, "probe")]
     for plan in plan_references(specs, names):
         state = reference_state(runner.store, plan)
         if state == "complete":
@@ -309,6 +326,11 @@ def _record(runner: Runner, source: ReferenceSource, plan: ReferencePlan) -> str
     generate_wall = score_wall = 0.0
     for split in [s for s in plan.splits if s not in done]:
         refs = runner.references(plan.spec, split)
+        if plan.name in PROBE_NAMES:
+            outcome = _record_probe(runner, source, plan, split, refs)
+            if outcome != "recorded":
+                return outcome
+            continue
         start = time.perf_counter()
         try:
             texts = source.predictions(plan.name, cfg, split, list(refs.reports))
@@ -348,6 +370,40 @@ def _record(runner: Runner, source: ReferenceSource, plan: ReferencePlan) -> str
     return "recorded"
 
 
+def _record_probe(runner: Runner, source: ReferenceSource, plan: ReferencePlan, split: str,
+                  refs: Any) -> str:  # fmt: skip
+    """Compute and store a probe row's diagnostics on ``split`` (no predictions, no scorer)."""
+    from s2d_align.evaluation.metrics import metric_spec
+    from s2d_align.evaluation.records import Metric, ScoreReport
+
+    store = runner.store
+    probe = getattr(source, "probe", None)
+    try:
+        if probe is None:
+            raise ReferenceUnavailable(f"the reference source makes no probe rows ({plan.name})")
+        start = time.perf_counter()
+        values = probe(plan.name, plan.spec.config, split)
+    except ReferenceUnavailable as exc:
+        store.update_run(plan.run_id, status="skipped", error=str(exc), finished_at=now())
+        log.info("reference row %s skipped: %s", plan.name, exc)
+        return f"skipped: {exc}"
+    wall = time.perf_counter() - start
+    if split == "test" and store.test_evaluations(plan.run_id):
+        from s2d_align.harness.runner import TestSetLockError
+
+        raise TestSetLockError(f"{plan.run_id}: the test split was already scored once")
+    metrics = {
+        name: Metric(float(v), higher_is_better=metric_spec(name).higher_is_better)
+        for name, v in values.items()
+    }
+    signature = f"probe:{plan.name}|v{REFERENCES_VERSION}"
+    report = ScoreReport(metrics, {}, signature, "", len(refs.reports))
+    store.record_scores(plan.run_id, split, report, manifest_hash=refs.manifest_hash,
+                        n_samples=len(refs.reports), wall_s=wall,
+                        purpose=REFERENCE_PURPOSE)  # fmt: skip
+    return "recorded"
+
+
 # -- reading them back for reports -------------------------------------------------------------
 @dataclass
 class ReferenceRows:
@@ -364,13 +420,18 @@ class ReferenceRows:
 
 
 def load_reference_rows(
-    store: Store, preset: str, split: str, manifests: Sequence[str] = ()
+    store: Store, preset: str, split: str, manifests: Sequence[str] = (), *, probes: bool = False
 ) -> ReferenceRows:
     """Complete rows of ``preset`` scored on ``split``; with ``manifests`` (the variants'), only
-    rows scored on the same studies, so a row never sits beside variants of other data."""
+    rows scored on the same studies, so a row never sits beside variants of other data.
+    ``probes``: the probe rows (diagnostics only, :data:`PROBE_NAMES`) instead of the rows
+    with predictions."""
     latest: dict[str, Any] = {}
     skipped: dict[str, Any] = {}
-    runs = store.runs(preset=preset, purpose=REFERENCE_PURPOSE)
+    runs = [
+        r for r in store.runs(preset=preset, purpose=REFERENCE_PURPOSE)
+        if (r.variant[len(REFERENCE_PREFIX) :] in PROBE_NAMES) == probes
+    ]  # fmt: skip
     evals = {(e.run_id, e.split): e for e in store.evaluations([r.id for r in runs])}
     for run in sorted(runs, key=lambda r: r.finished_at or r.created_at):
         name = run.variant[len(REFERENCE_PREFIX) :]

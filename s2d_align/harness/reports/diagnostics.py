@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from s2d_align.chexpert import OBSERVATIONS
 from s2d_align.evaluation.metrics import DIAG, family_of
+from s2d_align.harness.references import DESCRIPTIONS, display_name, load_reference_rows
 from s2d_align.harness.reports.data import PresetResults
 from s2d_align.harness.reports.tables import Cell
 from s2d_align.harness.store import Store
@@ -128,6 +129,8 @@ class DiagnosticsTable:
     split: str
     metrics: list[str]  # every diagnostic, in column order
     rows: dict[str, dict[str, Cell]]  # variant -> metric -> mean, sd, n over seeds
+    #: probe reference rows (ref:NAME) -> metric -> their single value (no seeds)
+    references: dict[str, dict[str, Cell]] = field(default_factory=dict)
 
 
 def diagnostics_table(
@@ -152,7 +155,16 @@ def diagnostics_table(
                 cells[m] = Cell(float(vals.mean()), sd, len(vals))
         if cells:  # rows computed without a trained model (e.g. references) have none
             rows[variant] = cells
-    return DiagnosticsTable(results.preset, split, metrics, rows)
+    probes = load_reference_rows(
+        store, results.preset, split, results.manifest_hashes.get(split, []), probes=True
+    )
+    refs: dict[str, dict[str, Cell]] = {}
+    ref_frame = probes.metrics[probes.metrics["split"] == split]
+    for variant in probes.variants:
+        mine = ref_frame[ref_frame["variant"] == variant]
+        values = dict(zip(mine["metric"], mine["value"], strict=True))
+        refs[variant] = {m: Cell(float(values[m]), 0.0, 1) for m in metrics if m in values}
+    return DiagnosticsTable(results.preset, split, metrics, rows, refs)
 
 
 def to_markdown(table: DiagnosticsTable) -> str:
@@ -174,8 +186,17 @@ def to_markdown(table: DiagnosticsTable) -> str:
             else:
                 out.append(f"{c.mean:.3f} ± {c.sd:.3f}" if c.n > 1 else f"{c.mean:.3f}")
         lines.append("| " + " | ".join(out) + " |")
+    for variant, cells in table.references.items():
+        out = [f"`{display_name(variant)}`", "-"]
+        out += [f"{cells[m].mean:.3f}" if m in cells else "-" for m in shown]
+        lines.append("| " + " | ".join(out) + " |")
     lines += ["", f"Mean ± sd over seeds per variant ({split} split); '-': not measured."]
     lines += [f"- **{header(m)[0]}**: {header(m)[1]}." for m in shown]
+    for variant in table.references:
+        name = variant[len("ref:") :]
+        lines.append(
+            f"- **{display_name(variant)}** (no training): {DESCRIPTIONS.get(name, name)}."
+        )
     if len(shown) < len(metrics):
         lines.append("- Per-observation finding AUROCs are in `diagnostics.csv`.")
     return "\n".join(lines) + "\n"
@@ -186,7 +207,7 @@ def to_csv(table: DiagnosticsTable) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["preset", "split", "variant", "metric", "mean", "sd", "n_seeds", "meaning"])
-    for variant, cells in rows.items():
+    for variant, cells in [*rows.items(), *table.references.items()]:
         for m in metrics:
             c = cells.get(m)
             if c is not None:
