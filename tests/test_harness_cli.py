@@ -9,6 +9,7 @@ import harness_fakes as fakes
 import pytest
 
 from s2d_align.cli.main import main
+from s2d_align.harness.references import REFERENCE_NAMES
 from s2d_align.harness.store import Store
 
 
@@ -91,7 +92,7 @@ def test_ablate_smoke_end_to_end_then_resume_is_a_no_op(tmp_path, capsys):
     runs = store.runs(preset="smoke", purpose="ablate")
     assert {r.variant for r in runs} == {"sft", "s2d"} and all(r.status == "complete" for r in runs)
     rows = store.runs(preset="smoke", purpose="reference", status="complete")  # made once, first
-    assert {r.variant[4:] for r in rows} == {"all-normal", "nn-retrieval", "oracle-paraphrase"}
+    assert {r.variant[4:] for r in rows} == set(REFERENCE_NAMES)  # tower-probe included
     assert "| `ref: all-normal` |" in text
     for run in runs:
         assert run.steps == 10 and run.tokens_seen > 0
@@ -107,7 +108,7 @@ def test_ablate_smoke_end_to_end_then_resume_is_a_no_op(tmp_path, capsys):
     # a second invocation finds every run complete: nothing retrains, nothing is rescored
     assert main([*argv, "--jobs", "2"]) == 0
     assert "0 run(s) executed, 2 already complete" in capsys.readouterr().out
-    assert len(store.test_evaluations()) == 2 + 3  # the variants' and the reference rows', once
+    assert len(store.test_evaluations()) == 2 + len(REFERENCE_NAMES)  # each run's and row's, once
     # the same grid run one at a time in this process records the same numbers
     out1 = tmp_path / "sequential"
     assert main([*ablate(out1, tmp_path / "reports1"), "--jobs", "1"]) == 0
