@@ -83,34 +83,15 @@ def tower_probe(
     both classes in ``split`` and ``diag/finding_auroc`` their mean. Deterministic.
     """
     from s2d_align.evaluation.stats import auroc
-    from s2d_align.models.vision import VisionEncoder
-    from s2d_align.training.data import StudyDataset, load_run_annotation
-    from s2d_align.training.vision_init import initial_vision_state
+    from s2d_align.training.retrieval import initial_tower
 
-    annotation = load_run_annotation(cfg, Path(cache_root), progress=progress)
-    datasets = {}
-    for name in dict.fromkeys(("train", split)):
-        studies = annotation.split(name)
-        if not studies:
+    with torch.random.fork_rng(devices=[]):  # an untrained tower is built under cfg.seed
+        annotation, datasets, vision = initial_tower(cfg, cache_root, split, progress=progress)
+    for name, dataset in datasets.items():
+        if not dataset.studies:
             raise DataError(
                 f"tower probe: {annotation.path} has no {name!r} split (or it is empty)"
             )
-        datasets[name] = StudyDataset(
-            studies, image_size=cfg.data.image_size, max_views=cfg.data.max_views
-        )
-    state = initial_vision_state(
-        cfg, annotation, Path(cache_root), train=datasets["train"], progress=progress
-    )
-    with torch.random.fork_rng(devices=[]):  # an untrained tower is built from a fixed seed
-        torch.manual_seed(cfg.seed)
-        vision = VisionEncoder(
-            cfg.model.vision,
-            image_size=cfg.data.image_size,
-            num_views=cfg.data.max_views,
-            view_embedding=False,
-        )
-    if state is not None:
-        vision.backbone.load_state_dict(state, strict=True)
     train_x = pooled_features(vision, datasets["train"])
     split_x = pooled_features(vision, datasets[split])
     train_y = split_labels(cfg, datasets["train"].studies)

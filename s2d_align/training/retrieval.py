@@ -273,27 +273,25 @@ class _InitialEncoder(torch.nn.Module):
         return None, self.vision(pixels, view_mask).pooled
 
 
-def nearest_train_reports(
-    cfg, cache_root: Path, split: str, *, progress: bool = False
-) -> dict[str, str]:
-    """``{study id: train report}`` of ``split``: the top-1 train study under the shared initial
-    vision tower (the pre-trained tiny tower, or the configured pretrained backbone), with the
-    same exclusions a run's retrieval applies. Needs no training: a reference row."""
+def initial_tower(cfg, cache_root: Path, split: str, *, progress: bool = False):
+    """``(annotation, {"train", split: dataset}, vision)``: the vision tower every run starts
+    from (the shared pre-trained tiny tower, or the configured backbone; an untrained one is
+    built under ``cfg.seed``), with the datasets of the train split and ``split``."""
     from s2d_align.models.vision import VisionEncoder
     from s2d_align.training.data import load_run_annotation
     from s2d_align.training.vision_init import initial_vision_state
     from s2d_align.utils.seed import seed_everything
 
-    annotation = load_run_annotation(cfg, cache_root, progress=progress)
+    annotation = load_run_annotation(cfg, Path(cache_root), progress=progress)
     datasets = {
         name: StudyDataset(
             annotation.split(name), image_size=cfg.data.image_size, max_views=cfg.data.max_views
         )
         for name in dict.fromkeys(("train", split))
     }
-    if not datasets[split].studies:
-        raise DataError(f"{annotation.path}: the {split!r} split is empty")
-    state = initial_vision_state(cfg, annotation, cache_root, train=datasets["train"])
+    state = initial_vision_state(
+        cfg, annotation, Path(cache_root), train=datasets["train"], progress=progress
+    )
     seed_everything(cfg.seed)
     vision = VisionEncoder(
         cfg.model.vision,
@@ -303,6 +301,18 @@ def nearest_train_reports(
     )
     if state is not None:
         vision.backbone.load_state_dict(state, strict=True)
+    return annotation, datasets, vision
+
+
+def nearest_train_reports(
+    cfg, cache_root: Path, split: str, *, progress: bool = False
+) -> dict[str, str]:
+    """``{study id: train report}`` of ``split``: the top-1 train study under the shared initial
+    vision tower (the pre-trained tiny tower, or the configured pretrained backbone), with the
+    same exclusions a run's retrieval applies. Needs no training: a reference row."""
+    annotation, datasets, vision = initial_tower(cfg, cache_root, split, progress=progress)
+    if not datasets[split].studies:
+        raise DataError(f"{annotation.path}: the {split!r} split is empty")
     index, neighbours = build_references(
         _InitialEncoder(vision), datasets, cfg.retrieval, device=torch.device("cpu"),
         encoder="frozen", progress=progress,
