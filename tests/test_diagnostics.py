@@ -593,3 +593,63 @@ def test_real_pipeline_returns_the_diagnostics_of_the_test_split(tmp_path_factor
         assert (f"diag/align_vs_chance/{stage.name}" in values) == (stage.lambda_align > 0)
     assert 0.0 <= values["diag/retrieval_label_precision"] <= 1.0
     assert 0.0 <= values["diag/retrieval_label_jaccard"] <= 1.0
+
+
+def test_diagnostics_show_grounded_f1_and_distinct_reports_beside_the_reference_rows(
+    tmp_path, preset
+):
+    from test_harness_references import FakeSource
+
+    from s2d_align.harness.plan import plan_grid
+    from s2d_align.harness.reports import diagnostics
+    from s2d_align.harness.reports.data import load_preset
+    from s2d_align.harness.runner import Runner
+    from s2d_align.harness.store import Store
+    from s2d_align.harness.variants import load_variants
+
+    class GroundedScorer(fakes.FakeScorer):  # a grounded F1 that depends on the predictions
+        def score(self, cfg, split, predictions, refs):
+            scored = super().score(cfg, split, predictions, refs)
+            hits = np.mean([predictions[s] == refs.reports[s] for s in refs.reports])
+            scored.report.metrics["grounded/f1"] = fakes.FakeMetric(0.5 * hits, None, None)
+            scored.report.metrics["grounded/ungrounded_f1"] = fakes.FakeMetric(hits, None, None)
+            return scored
+
+    store = Store.open(None, tmp_path / "results")
+    runner = Runner(store, tmp_path / "results", run_fn=_diag_run_fn, scorer=GroundedScorer(),
+                    progress=False, reference_source=FakeSource())  # fmt: skip
+    specs = plan_grid(preset, load_variants(["sft", "s2d"]), [0, 1])
+    assert runner.run_grid(specs).ok
+    table = diagnostics.diagnostics_table(store, load_preset(store, "tiny"))
+    # each run's distinct share, read off its stored predictions, averaged over seeds
+    for variant in ("sft", "s2d"):
+        shares = []
+        for spec in specs:
+            if spec.variant.name == variant:
+                texts = list(store.predictions(spec.run_id, "test").values())
+                shares.append(len(set(texts)) / len(texts))
+        assert table.rows[variant][diagnostics.DISTINCT].mean == pytest.approx(np.mean(shares))
+        assert diagnostics.GROUNDED_F1 in table.rows[variant]
+    n = len(fakes.references("test").reports)
+    normal, oracle = table.references["ref:all-normal"], table.references["ref:oracle-paraphrase"]
+    assert normal[diagnostics.DISTINCT].mean == pytest.approx(1 / n)  # one report for all
+    assert oracle[diagnostics.GROUNDED_F1].mean == pytest.approx(0.5)  # the scorer's ceiling
+    assert oracle[diagnostics.UNGROUNDED_F1].mean == pytest.approx(1.0)
+    assert "diag/finding_auroc" not in normal  # a reference row has no per-run diagnostics
+    md = diagnostics.to_markdown(table)
+    head = next(line for line in md.splitlines() if line.startswith("| variant"))
+    assert head.index("distinct reports") < head.index("grounded F1") < head.index("ungrounded F1")
+    for name in ("distinct reports", "grounded F1", "ungrounded F1"):
+        assert f"- **{name}**:" in md
+    assert "| `ref: all-normal` | - |" in md
+    rows = list(csv.DictReader(io.StringIO(diagnostics.to_csv(table))))
+    assert {r["metric"] for r in rows if r["variant"] == "ref:all-normal"} == {
+        "report/distinct", "grounded/f1", "grounded/ungrounded_f1"
+    }  # fmt: skip
+
+
+def test_distinct_share_counts_exact_texts():
+    from s2d_align.harness.reports.diagnostics import distinct_share
+
+    assert distinct_share({"a": "x.", "b": "x. ", "c": "y."}) == pytest.approx(2 / 3)
+    assert distinct_share({}) is None

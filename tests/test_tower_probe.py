@@ -86,6 +86,7 @@ def test_a_grid_shows_the_probe_row_in_diagnostics_only(tmp_path):
     assert "tower-probe" not in tables.to_markdown(table)
     diag = diagnostics.diagnostics_table(store, results)
     md = diagnostics.to_markdown(diag)
-    assert "| `ref: tower-probe` | - | 0.710 |" in md
+    # a probe writes no reports: no distinct-reports cell before its finding AUROC
+    assert "| `ref: tower-probe` | - | - | 0.710 |" in md
     assert "linear probe (logistic regression on the frozen tower's pooled features" in md
     assert "ref:tower-probe,diag/finding_auroc,0.710000" in diagnostics.to_csv(diag)

@@ -13,12 +13,13 @@ when runs scored val during training, ``train.eval_every``); per Optuna study
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from s2d_align.evaluation.metrics import NLG, SUPPORT_PREFIX, metric_specs
-from s2d_align.harness.references import load_reference_rows
+from s2d_align.harness.references import ReferenceRows, load_reference_rows
 from s2d_align.harness.reports import diagnostics, figures, qualitative, tables
 from s2d_align.harness.reports.captions import EXAMPLE_DIRS, MACHINERY_CHECKS, MACHINERY_NOTE
 from s2d_align.harness.reports.data import (
@@ -36,7 +37,7 @@ from s2d_align.utils.io import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MACHINERY_CHECKS", "build_reports", "preset_report"]
+__all__ = ["MACHINERY_CHECKS", "PresetTables", "build_reports", "preset_report", "preset_tables"]
 
 
 def _write(path: Path, text: str) -> Path:
@@ -128,33 +129,55 @@ def preset_report(store: Store, preset: str, out_dir: Path, split: str = "test")
     return _preset_report(store, preset, out_dir, split)[0]
 
 
+@dataclass
+class PresetTables:
+    """The tables of one preset and split, and the file texts they are written as."""
+
+    results: PresetResults
+    references: ReferenceRows
+    ablation: tables.AblationTable
+    diagnostics: diagnostics.DiagnosticsTable | None
+
+    def files(self) -> dict[str, str]:
+        """File name (under ``OUT/PRESET``) -> text."""
+        out = {
+            "ablation.md": tables.to_markdown(self.ablation),
+            "ablation.tex": tables.to_latex(self.ablation),
+            "ablation.csv": tables.to_csv(self.ablation),
+        }
+        if self.diagnostics is not None:
+            out["diagnostics.md"] = diagnostics.to_markdown(self.diagnostics)
+            out["diagnostics.csv"] = diagnostics.to_csv(self.diagnostics)
+        return out
+
+
+def preset_tables(store: Store, preset: str, split: str = "test") -> PresetTables | None:
+    """The ablation and diagnostics tables of ``preset`` on ``split``; None without runs."""
+    results = load_preset(store, preset)
+    if results.runs.empty:
+        return None
+    ref_rows = load_reference_rows(store, preset, split, results.manifest_hashes.get(split, []))
+    table = tables.ablation_table(store, results, split=split, references=ref_rows)
+    table.footnotes += mixed_config_notes(results)  # a row averaging unlike runs says so
+    diag = diagnostics.diagnostics_table(store, results, split=split)
+    return PresetTables(results, ref_rows, table, diag)
+
+
 def _preset_report(
     store: Store, preset: str, out_dir: Path, split: str = "test"
 ) -> tuple[list[Path], list[str]]:
     """Paths written, and notes for the index (figures not drawn, and why)."""
-    results = load_preset(store, preset)
-    if results.runs.empty:
+    made = preset_tables(store, preset, split)
+    if made is None:
         return [], []
+    results, ref_rows, table = made.results, made.references, made.ablation
     base = out_dir / preset
     fig_dir = base / "figures"
-    ref_rows = load_reference_rows(store, preset, split, results.manifest_hashes.get(split, []))
-    table = tables.ablation_table(store, results, split=split, references=ref_rows)
-    table.footnotes += mixed_config_notes(results)  # a row averaging unlike runs says so
     # figures draw the reference rows too, set apart from the variants
     metrics = results.metrics
     if not ref_rows.metrics.empty:
         metrics = pd.concat([metrics, ref_rows.metrics], ignore_index=True)
-    written = [
-        _write(base / "ablation.md", tables.to_markdown(table)),
-        _write(base / "ablation.tex", tables.to_latex(table)),
-        _write(base / "ablation.csv", tables.to_csv(table)),
-    ]
-    diag = diagnostics.diagnostics_table(store, results, split=split)
-    if diag is not None:
-        written += [
-            _write(base / "diagnostics.md", diagnostics.to_markdown(diag)),
-            _write(base / "diagnostics.csv", diagnostics.to_csv(diag)),
-        ]
+    written = [_write(base / name, text) for name, text in made.files().items()]
     intervals = {
         (variant, m): (c.ci_low, c.ci_high)
         for variant, cells in table.rows.items()

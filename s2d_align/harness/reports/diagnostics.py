@@ -3,8 +3,13 @@
 Written beside the ablation table. It answers what the headline cannot: does a variant's report
 depend on the image, do its sentence likelihoods track the findings, did its memory gate open and
 its alignment loss leave chance, and do its retrieved references state the study's findings
-(see ``s2d_align.inference.diagnostics`` for how each is measured). The Markdown shows the
-summary columns, each explained in a caption line; the CSV holds every value, the
+(see ``s2d_align.inference.diagnostics`` for how each is measured). Three report-level columns
+sit with them, read from each run's stored scores and predictions rather than its ``diag/``
+metrics: the grounded finding F1 and its ungrounded counterpart (does a report put its findings
+where the reference does) and the share of distinct reports (does the model write one report for
+everybody). The reference rows with predictions (all-normal, nn-retrieval, oracle-paraphrase)
+get those three as floor and ceiling; the probe rows get what they measure. The Markdown shows
+the summary columns, each explained in a caption line; the CSV holds every value, the
 per-observation finding AUROCs included.
 """
 
@@ -14,6 +19,8 @@ import csv
 import io
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from s2d_align.chexpert import OBSERVATIONS
 from s2d_align.evaluation.metrics import DIAG, family_of
 from s2d_align.harness.references import DESCRIPTIONS, display_name, load_reference_rows
@@ -22,9 +29,28 @@ from s2d_align.harness.reports.tables import Cell
 from s2d_align.harness.store import Store
 
 PREFIX = "diag/"
+#: Report-level columns (not ``diag/`` metrics): two stored scores and one read off predictions.
+GROUNDED_F1, UNGROUNDED_F1 = "grounded/f1", "grounded/ungrounded_f1"
+DISTINCT = "report/distinct"
+_REPORT_LEVEL = (DISTINCT, GROUNDED_F1, UNGROUNDED_F1)
 #: Column name and meaning of the diagnostics with a name of their own (the registry knows them
 #: only as the ``diag/*`` patterns of its DIAG family, for their direction).
 _FIXED = {
+    DISTINCT: (
+        "distinct reports",
+        "distinct generated reports (exact text) over the split's studies (1/n: one report for "
+        "every study; 1: a different report for each)",
+    ),
+    GROUNDED_F1: (
+        "grounded F1",
+        "positive findings matched with the reference's side and zone as well as the observation "
+        "(grounded finding F1, see the evaluation protocol)",
+    ),
+    UNGROUNDED_F1: (
+        "ungrounded F1",
+        "the same findings matched on the observation alone (the gap to grounded F1 is what "
+        "location costs)",
+    ),
     "diag/image_dependence": (
         "image dep.",
         "CE headline with the real images minus with images permuted across studies "
@@ -105,6 +131,8 @@ def order_metrics(names: set[str], stages: list[str]) -> list[str]:
             return (0,)
         if name.startswith("diag/permuted/"):
             return (1, name)
+        if name in _REPORT_LEVEL:
+            return (1.5, _REPORT_LEVEL.index(name))
         if name == "diag/finding_auroc":
             return (2,)
         if name.startswith("diag/keyphrase_"):
@@ -133,38 +161,75 @@ class DiagnosticsTable:
     references: dict[str, dict[str, Cell]] = field(default_factory=dict)
 
 
+def distinct_share(predictions: dict[str, str]) -> float | None:
+    """Distinct report texts (stripped, exact) over studies; None without predictions."""
+    if not predictions:
+        return None
+    return len({text.strip() for text in predictions.values()}) / len(predictions)
+
+
+def _report_level(store: Store, run_id: str, split: str, scores: dict[str, float]) -> dict:
+    """The report-level columns of one run: its stored grounded scores and its distinct share."""
+    values = {m: scores[m] for m in (GROUNDED_F1, UNGROUNDED_F1) if m in scores}
+    share = distinct_share(store.predictions(run_id, split))
+    if share is not None:
+        values[DISTINCT] = share
+    return values
+
+
 def diagnostics_table(
     store: Store, results: PresetResults, split: str = "test"
 ) -> DiagnosticsTable | None:
     """Every per-run diagnostic (the metric registry's DIAG family) of the preset's runs on
-    ``split``; None when no run has any."""
-    names = results.metrics["metric"]
-    is_diag = names.map(lambda m: family_of(m) == DIAG).astype(bool)
-    frame = results.metrics[(results.metrics["split"] == split) & is_diag]
+    ``split``, with the report-level columns; None when no run has any diagnostic."""
+    in_split = results.metrics[results.metrics["split"] == split]
+    frame = in_split[in_split["metric"].map(lambda m: family_of(m) == DIAG).astype(bool)]
     if frame.empty:
         return None
-    metrics = order_metrics(set(frame["metric"]), _stage_order(store, results))
-    rows: dict[str, dict[str, Cell]] = {}
+    per_run: dict[str, dict[str, float]] = {}  # run id -> metric -> value
+    for run_id, metric, value in zip(frame["run_id"], frame["metric"], frame["value"], strict=True):
+        per_run.setdefault(run_id, {})[metric] = float(value)
+    stored = in_split[in_split["metric"].isin([GROUNDED_F1, UNGROUNDED_F1])]
     for variant in results.variants:
-        mine = frame[frame["variant"] == variant]
+        for run_id in results.run_ids(variant):
+            scores = dict(
+                zip(
+                    stored.loc[stored["run_id"] == run_id, "metric"],
+                    stored.loc[stored["run_id"] == run_id, "value"].astype(float),
+                    strict=True,
+                )
+            )
+            if run_id in per_run:  # rows without diagnostics stay out, as before
+                per_run[run_id].update(_report_level(store, run_id, split, scores))
+    seen = {m for values in per_run.values() for m in values}
+    manifests = results.manifest_hashes.get(split, [])
+    refs: dict[str, dict[str, Cell]] = {}
+    written = load_reference_rows(store, results.preset, split, manifests)
+    probes = load_reference_rows(store, results.preset, split, manifests, probes=True)
+    for rows, report_level in ((written, True), (probes, False)):
+        ref_frame = rows.metrics[rows.metrics["split"] == split]
+        for variant, run_id in rows.run_ids.items():
+            mine = ref_frame[ref_frame["variant"] == variant]
+            values = {m: float(v) for m, v in zip(mine["metric"], mine["value"], strict=True)}
+            if report_level:
+                values = _report_level(store, run_id, split, values)
+            values = {m: v for m, v in values.items() if m in seen or m.startswith(PREFIX)}
+            if values:
+                refs[variant] = {m: Cell(v, 0.0, 1) for m, v in values.items()}
+    seen |= {m for cells in refs.values() for m in cells}
+    metrics = order_metrics(seen, _stage_order(store, results))
+    cells_of: dict[str, dict[str, Cell]] = {}
+    for variant in results.variants:
+        runs = [per_run[r] for r in results.run_ids(variant) if r in per_run]
         cells = {}
         for m in metrics:
-            vals = mine.loc[mine["metric"] == m, "value"].astype(float)
+            vals = np.array([values[m] for values in runs if m in values], dtype=float)
             if len(vals):
                 sd = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
                 cells[m] = Cell(float(vals.mean()), sd, len(vals))
         if cells:  # rows computed without a trained model (e.g. references) have none
-            rows[variant] = cells
-    probes = load_reference_rows(
-        store, results.preset, split, results.manifest_hashes.get(split, []), probes=True
-    )
-    refs: dict[str, dict[str, Cell]] = {}
-    ref_frame = probes.metrics[probes.metrics["split"] == split]
-    for variant in probes.variants:
-        mine = ref_frame[ref_frame["variant"] == variant]
-        values = dict(zip(mine["metric"], mine["value"], strict=True))
-        refs[variant] = {m: Cell(float(values[m]), 0.0, 1) for m in metrics if m in values}
-    return DiagnosticsTable(results.preset, split, metrics, rows, refs)
+            cells_of[variant] = cells
+    return DiagnosticsTable(results.preset, split, metrics, cells_of, refs)
 
 
 def to_markdown(table: DiagnosticsTable) -> str:
