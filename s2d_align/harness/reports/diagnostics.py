@@ -157,7 +157,8 @@ class DiagnosticsTable:
     split: str
     metrics: list[str]  # every diagnostic, in column order
     rows: dict[str, dict[str, Cell]]  # variant -> metric -> mean, sd, n over seeds
-    #: probe reference rows (ref:NAME) -> metric -> their single value (no seeds)
+    #: reference rows (ref:NAME) -> metric -> their single value (no seeds): the rows that
+    #: write reports with their report-level columns, then the probe rows
     references: dict[str, dict[str, Cell]] = field(default_factory=dict)
 
 
@@ -190,17 +191,10 @@ def diagnostics_table(
     for run_id, metric, value in zip(frame["run_id"], frame["metric"], frame["value"], strict=True):
         per_run.setdefault(run_id, {})[metric] = float(value)
     stored = in_split[in_split["metric"].isin([GROUNDED_F1, UNGROUNDED_F1])]
-    for variant in results.variants:
-        for run_id in results.run_ids(variant):
-            scores = dict(
-                zip(
-                    stored.loc[stored["run_id"] == run_id, "metric"],
-                    stored.loc[stored["run_id"] == run_id, "value"].astype(float),
-                    strict=True,
-                )
-            )
-            if run_id in per_run:  # rows without diagnostics stay out, as before
-                per_run[run_id].update(_report_level(store, run_id, split, scores))
+    for run_id, values in per_run.items():  # runs without diagnostics stay out of the table
+        mine = stored[stored["run_id"] == run_id]
+        scores = dict(zip(mine["metric"], mine["value"].astype(float), strict=True))
+        values.update(_report_level(store, run_id, split, scores))
     seen = {m for values in per_run.values() for m in values}
     manifests = results.manifest_hashes.get(split, [])
     refs: dict[str, dict[str, Cell]] = {}
