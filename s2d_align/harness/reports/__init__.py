@@ -159,7 +159,7 @@ def preset_tables(store: Store, preset: str, split: str = "test") -> PresetTable
     ref_rows = load_reference_rows(store, preset, split, results.manifest_hashes.get(split, []))
     table = tables.ablation_table(store, results, split=split, references=ref_rows)
     table.footnotes += mixed_config_notes(results)  # a row averaging unlike runs says so
-    diag = diagnostics.diagnostics_table(store, results, split=split)
+    diag = diagnostics.diagnostics_table(store, results, split=split, references=ref_rows)
     return PresetTables(results, ref_rows, table, diag)
 
 

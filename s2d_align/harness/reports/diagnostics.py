@@ -22,15 +22,21 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from s2d_align.chexpert import OBSERVATIONS
+from s2d_align.evaluation.grounded import GROUNDED_METRICS
 from s2d_align.evaluation.metrics import DIAG, family_of
-from s2d_align.harness.references import DESCRIPTIONS, display_name, load_reference_rows
+from s2d_align.harness.references import (
+    DESCRIPTIONS,
+    ReferenceRows,
+    display_name,
+    load_reference_rows,
+)
 from s2d_align.harness.reports.data import PresetResults
 from s2d_align.harness.reports.tables import Cell
 from s2d_align.harness.store import Store
 
 PREFIX = "diag/"
 #: Report-level columns (not ``diag/`` metrics): two stored scores and one read off predictions.
-GROUNDED_F1, UNGROUNDED_F1 = "grounded/f1", "grounded/ungrounded_f1"
+GROUNDED_F1, UNGROUNDED_F1 = (m for m in GROUNDED_METRICS if m.endswith("f1"))
 DISTINCT = "report/distinct"
 _REPORT_LEVEL = (DISTINCT, GROUNDED_F1, UNGROUNDED_F1)
 #: Column name and meaning of the diagnostics with a name of their own (the registry knows them
@@ -179,10 +185,14 @@ def _report_level(store: Store, run_id: str, split: str, scores: dict[str, float
 
 
 def diagnostics_table(
-    store: Store, results: PresetResults, split: str = "test"
+    store: Store,
+    results: PresetResults,
+    split: str = "test",
+    references: ReferenceRows | None = None,
 ) -> DiagnosticsTable | None:
     """Every per-run diagnostic (the metric registry's DIAG family) of the preset's runs on
-    ``split``, with the report-level columns; None when no run has any diagnostic."""
+    ``split``, with the report-level columns; None when no run has any diagnostic.
+    ``references``: the reference rows with predictions, when the caller has loaded them."""
     in_split = results.metrics[results.metrics["split"] == split]
     frame = in_split[in_split["metric"].map(lambda m: family_of(m) == DIAG).astype(bool)]
     if frame.empty:
@@ -198,9 +208,10 @@ def diagnostics_table(
     seen = {m for values in per_run.values() for m in values}
     manifests = results.manifest_hashes.get(split, [])
     refs: dict[str, dict[str, Cell]] = {}
-    written = load_reference_rows(store, results.preset, split, manifests)
+    if references is None:
+        references = load_reference_rows(store, results.preset, split, manifests)
     probes = load_reference_rows(store, results.preset, split, manifests, probes=True)
-    for rows, report_level in ((written, True), (probes, False)):
+    for rows, report_level in ((references, True), (probes, False)):
         ref_frame = rows.metrics[rows.metrics["split"] == split]
         for variant, run_id in rows.run_ids.items():
             mine = ref_frame[ref_frame["variant"] == variant]
